@@ -1,0 +1,1 @@
+"""zoo's built-in plugins; zoo finds them through the entry points in setup.cfg, like any other."""

@@ -1,0 +1,103 @@
+"""zoo: small PyTorch models built from named plugins, trained, and exported to ONNX.
+
+Listing plugins reads package metadata only; torch is imported when something is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from zoo.errors import (
+    BadArgumentsError,
+    DuplicateNameError,
+    PluginLoadError,
+    UnknownNameError,
+    ZooError,
+)
+from zoo.models import model_builder, seeded
+from zoo.registry import PluginInfo, Registry, normalize
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadArgumentsError", "DuplicateNameError", "PluginInfo", "PluginLoadError", "Registry",
+    "UnknownNameError", "ZooError", "activations", "cache_clear", "create_model", "datasets",
+    "layers", "list_models", "load_checkpoint", "models", "normalize", "registries",
+    "save_checkpoint", "train", "TrainResult",
+]
+
+
+def _module_check(built: Any) -> str | None:
+    from torch import nn
+
+    return None if isinstance(built, nn.Module) else f"a {type(built).__name__}, not a torch.nn.Module"
+
+
+def _dataset_check(built: Any) -> str | None:
+    missing = [a for a in ("x", "y", "task") if not hasattr(built, a)]
+    return f"a {type(built).__name__} without {', '.join(missing)}" if missing else None
+
+
+activations = Registry(
+    "activations",
+    group="zoo.activations",
+    aliases={
+        "swish": "silu",
+        "gelu_tanh": ("gelu", {"approximate": "tanh"}),
+        "lrelu": "leaky_relu",
+        "logistic": "sigmoid",
+    },
+    check=_module_check,
+)
+layers = Registry(
+    "layers",
+    group="zoo.layers",
+    aliases={"dense": "linear", "fc": "linear", "matmul_linear": "param_linear"},
+    check=_module_check,
+)
+datasets = Registry("datasets", group="zoo.datasets", aliases={"regression": "linear"}, check=_dataset_check)
+models = Registry(
+    "models",
+    group="zoo.models",
+    aliases={"linreg": "linear_regression", "logreg": "logistic_regression"},
+    check=_module_check,
+    build=model_builder({"activations": activations, "layers": layers}),
+)
+registries = {r.kind: r for r in (activations, layers, models, datasets)}
+
+
+def create_model(name: str, *, seed: int | None = None, **kwargs: Any) -> "nn.Module":
+    """Build a registered model; `seed` fixes its initial weights. `zoo.create_model(**model.zoo_config)` rebuilds it."""
+    with seeded(seed):
+        return models.create(name, **kwargs)
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    return models.names()
+
+
+def cache_clear() -> None:
+    """Forget scanned entry points and loaded plugins in every registry."""
+    for registry in registries.values():
+        registry.cache_clear()
+
+
+_LAZY = {
+    "train": "zoo.training",
+    "TrainResult": "zoo.training",
+    "load_checkpoint": "zoo.checkpoint",
+    "save_checkpoint": "zoo.checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Training and checkpoints import torch; keep `import zoo` light for listing.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")

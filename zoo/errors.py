@@ -1,0 +1,36 @@
+"""Exception types: every error zoo raises on purpose is a ZooError a caller can catch."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class ZooError(Exception):
+    """Base class of every error zoo raises on purpose; its message is one actionable line."""
+
+
+class UnknownNameError(ZooError, KeyError):
+    """A registry has no entry under that name; the message suggests the closest names."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        self.kind, self.name = kind, name
+        self.known = sorted(known)
+        self.suggestions = difflib.get_close_matches(str(name), self.known, n=3, cutoff=0.5)
+        super().__init__(kind, name)
+
+    def __str__(self) -> str:
+        hint = f"; did you mean {', '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
+        return f"unknown {self.kind} {self.name!r}{hint} (see `zoo list`)"
+
+
+class DuplicateNameError(ZooError):
+    """Two different plugins claim one name; neither is chosen silently."""
+
+
+class PluginLoadError(ZooError):
+    """A plugin could not be imported or built; names its distribution and entry point."""
+
+
+class BadArgumentsError(ZooError, TypeError):
+    """A plugin was called with arguments it does not accept, or with invalid values."""

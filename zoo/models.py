@@ -1,0 +1,82 @@
+"""Models built from registry names, each carrying the JSON config that rebuilds it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+from typing import Any, Callable, Iterator
+
+from zoo.errors import BadArgumentsError
+from zoo.registry import Registry
+
+# Builder parameters whose values are registry names, resolved to factories before the call.
+NAMED_PARTS = {"activation": "activations", "output_activation": "activations", "layer": "layers"}
+
+
+def part_spec(registry: Registry, spec: Any) -> str | dict[str, Any]:
+    """Canonical form of a part given as a name or {"name": ..., **kwargs}: aliases resolved."""
+    if isinstance(spec, str):
+        name, kwargs = registry.resolve(spec)
+    elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        name, kwargs = registry.resolve(spec["name"])
+        kwargs.update({k: v for k, v in spec.items() if k != "name"})
+    else:
+        raise BadArgumentsError(
+            f"a {registry.singular} is given as a name or a dict with a 'name' key, got {spec!r}"
+        )
+    return {"name": name, **kwargs} if kwargs else name
+
+
+def part_factory(registry: Registry, spec: str | dict[str, Any]) -> Callable[..., Any]:
+    """A callable building the part `spec` names, with its keyword arguments bound."""
+    if isinstance(spec, str):
+        return functools.partial(registry.create, spec)
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    return lambda *args: registry.create(spec["name"], *args, **kwargs)
+
+
+def model_builder(registries: dict[str, Registry]) -> Callable[[str, Callable[..., Any], tuple, dict], Any]:
+    """The models registry's build step: resolve part names, call the builder, attach the config."""
+
+    def build(name: str, builder: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        if args:
+            raise BadArgumentsError(f"model {name!r} takes keyword arguments only")
+        bound = inspect.signature(builder).bind(**kwargs)
+        bound.apply_defaults()
+        config: dict[str, Any] = {"name": name}
+        call: dict[str, Any] = {}
+        for param, value in bound.arguments.items():
+            if param in NAMED_PARTS and value is not None:
+                value = part_spec(registries[NAMED_PARTS[param]], value)
+                call[param] = part_factory(registries[NAMED_PARTS[param]], value)
+            else:
+                call[param] = value
+            config[param] = list(value) if isinstance(value, tuple) else value
+        _check_json(name, config)
+        model = builder(**call)
+        model.zoo_config = config
+        return model
+
+    return build
+
+
+def _check_json(name: str, config: dict[str, Any]) -> None:
+    try:
+        json.dumps(config, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BadArgumentsError(f"model {name!r}: arguments must be JSON values ({exc})") from exc
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Run a block with torch's global RNG seeded, leaving the caller's RNG state untouched."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,288 @@
+"""Named plugin registries filled from entry points: scanned once, imported lazily, cached."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from importlib import metadata
+from typing import Any, Callable, Iterator
+
+from zoo.errors import BadArgumentsError, DuplicateNameError, PluginLoadError, UnknownNameError, ZooError
+
+IN_PROCESS = "<in-process>"
+
+
+def normalize(name: str) -> str:
+    """Return the lookup key of a name: case folded, with '-' and '_' ignored."""
+    if not isinstance(name, str) or not name.strip():
+        raise BadArgumentsError(f"a plugin name must be a non-empty string, got {name!r}")
+    return name.strip().casefold().replace("-", "").replace("_", "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One registration of a name: an entry point of a distribution, or an in-process register()."""
+
+    name: str
+    target: str
+    distribution: str
+    version: str
+    entry_point: metadata.EntryPoint | None = dataclasses.field(default=None, compare=False)
+    obj: Any = dataclasses.field(default=None, compare=False)
+
+    def describe(self) -> str:
+        """`name = module:attr` with its distribution, as printed in error messages."""
+        return f"{self.name} = {self.target} (from {self.distribution} {self.version})".strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginInfo:
+    """What `zoo show` prints about a plugin."""
+
+    kind: str
+    name: str
+    target: str
+    distribution: str
+    version: str
+    signature: str
+    doc: str
+    aliases: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """This record as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+
+def _doc_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().split("\n\n")[0].replace("\n", " ")
+
+
+def _scan(group: str) -> dict[str, list[Source]]:
+    """Read the entry points of a group once, without importing anything they point to."""
+    found: dict[str, list[Source]] = {}
+    for ep in metadata.entry_points(group=group):
+        dist = getattr(ep, "dist", None)
+        source = Source(
+            name=ep.name,
+            target=ep.value,
+            distribution=dist.name if dist else "<unknown>",
+            version=dist.version if dist else "",
+            entry_point=ep,
+        )
+        same = found.setdefault(normalize(ep.name), [])
+        # Editable installs can expose one entry point twice: equal targets are one plugin.
+        if all(s.target != source.target for s in same):
+            same.append(source)
+    return found
+
+
+class Registry:
+    """A kind of plugin (activations, layers, models, datasets): names to factories."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        group: str,
+        aliases: dict[str, str | tuple[str, dict[str, Any]]] | None = None,
+        check: Callable[[Any], str | None] | None = None,
+        build: Callable[[str, Callable[..., Any], tuple, dict], Any] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.singular = kind.removesuffix("s")
+        self.group = group
+        self._alias_names = {normalize(alias): alias for alias in aliases or {}}
+        self._aliases = {
+            normalize(alias): (target, {}) if isinstance(target, str) else target
+            for alias, target in (aliases or {}).items()
+        }
+        self._check = check
+        self._build = build or (lambda _name, factory, args, kwargs: factory(*args, **kwargs))
+        self._local: dict[str, Source] = {}
+        self._scanned: dict[str, list[Source]] | None = None
+        self._loaded: dict[str, Any] = {}
+        self._failed: dict[str, PluginLoadError] = {}
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, group={self.group!r})"
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self._lookup(name)
+        except UnknownNameError:
+            return False
+        return True
+
+    # -- discovery (no imports) -------------------------------------------------------------
+    def _sources(self) -> dict[str, list[Source]]:
+        if self._scanned is None:
+            self._scanned = _scan(self.group)
+        merged = {key: list(sources) for key, sources in self._scanned.items()}
+        for key, source in self._local.items():
+            merged[key] = [source]  # an in-process registration replaces on purpose (override)
+        return merged
+
+    def sources(self) -> Iterator[tuple[str, list[Source]]]:
+        """Yield (canonical name, its registrations) sorted by name; more than one is a conflict."""
+        for sources in sorted(self._sources().values(), key=lambda s: normalize(s[0].name)):
+            yield sources[0].name, sources
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted; lists metadata only and imports no plugin."""
+        return [name for name, _ in self.sources()]
+
+    def aliases(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The alias table: alias -> (registered name, default keyword arguments)."""
+        return {self._alias_names[key]: target for key, target in self._aliases.items()}
+
+    def cache_clear(self) -> None:
+        """Forget scanned entry points and loaded plugins (for tests and new installs)."""
+        self._scanned = None
+        self._loaded.clear()
+        self._failed.clear()
+
+    # -- lookup -----------------------------------------------------------------------------
+    def _lookup(self, name: str) -> tuple[str, dict[str, Any]]:
+        """Resolve a name or alias to (normalized registered key, alias keyword arguments)."""
+        key = normalize(name)
+        sources = self._sources()
+        if key in sources:
+            return key, {}
+        if key in self._aliases:
+            target, defaults = self._aliases[key]
+            if normalize(target) in sources:
+                return normalize(target), dict(defaults)
+        raise UnknownNameError(self.singular, name, [*self.names(), *self._alias_names.values()])
+
+    def resolve(self, name: str) -> tuple[str, dict[str, Any]]:
+        """Return (canonical name, keyword arguments implied by an alias) for a name or alias."""
+        key, defaults = self._lookup(name)
+        return self._source(key).name, defaults
+
+    def _source(self, key: str) -> Source:
+        sources = self._sources()[key]
+        if len(sources) > 1:
+            listed = "; ".join(s.describe() for s in sources)
+            raise DuplicateNameError(
+                f"{self.singular} {sources[0].name!r} is registered more than once: {listed}; "
+                "uninstall one of these distributions"
+            )
+        return sources[0]
+
+    def get(self, name: str) -> Any:
+        """Return the class or factory registered under a name, importing its plugin on first use."""
+        return self._load(self._lookup(name)[0])
+
+    def _load(self, key: str) -> Any:
+        if key in self._loaded:
+            return self._loaded[key]
+        if key in self._failed:
+            raise self._failed[key]
+        source = self._source(key)
+        try:
+            obj = source.entry_point.load() if source.entry_point else source.obj
+            if not callable(obj):
+                raise TypeError(f"{type(obj).__name__} object is not a class or callable")
+        except Exception as exc:  # any failure of third-party code becomes one typed error
+            error = PluginLoadError(
+                f"{self.singular} plugin {source.describe()} failed to load: {type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            self._failed[key] = error
+            raise error from exc
+        self._loaded[key] = obj
+        return obj
+
+    def create(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Build the plugin registered under a name with the given arguments."""
+        key, defaults = self._lookup(name)
+        factory = self._load(key)
+        source = self._source(key)
+        kwargs = {**defaults, **kwargs}
+        self._check_arguments(source, factory, args, kwargs)
+        try:
+            built = self._build(source.name, factory, args, kwargs)
+        except ZooError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise BadArgumentsError(f"{self.singular} {source.name!r} rejected its arguments: {exc}") from exc
+        problem = self._check(built) if self._check else None
+        if problem:
+            raise PluginLoadError(f"{self.singular} plugin {source.describe()} built {problem}")
+        return built
+
+    def _check_arguments(self, source: Source, factory: Any, args: tuple, kwargs: dict) -> None:
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):
+            return
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise BadArgumentsError(
+                f"{self.singular} {source.name!r} ({source.target}): {exc}; it accepts {_params(signature)}"
+            ) from exc
+
+    def info(self, name: str) -> PluginInfo:
+        """Describe a plugin: canonical name, target, distribution, signature, one-line doc."""
+        key, _ = self._lookup(name)
+        source = self._source(key)
+        obj = self._load(key)
+        signature = _signature(obj)
+        aliases = tuple(a for a, (t, _) in self.aliases().items() if normalize(t) == key)
+        return PluginInfo(
+            kind=self.kind,
+            name=source.name,
+            target=source.target,
+            distribution=source.distribution,
+            version=source.version,
+            signature=signature,
+            doc=_doc_line(obj),
+            aliases=aliases,
+        )
+
+    # -- in-process registration ------------------------------------------------------------
+    def register(self, name: str, *, override: bool = False) -> Callable[[Any], Any]:
+        """Decorator registering a class or factory under a name in this process (notebooks, tests)."""
+        key = normalize(name)
+
+        def decorator(obj: Any) -> Any:
+            if not callable(obj):
+                raise BadArgumentsError(f"can only register a class or callable as {self.singular} {name!r}")
+            existing = self._sources().get(key)
+            if existing and not override:
+                raise DuplicateNameError(
+                    f"{self.singular} {name!r} is already registered by {existing[0].describe()}; "
+                    "pass override=True to replace it"
+                )
+            target = f"{obj.__module__}:{obj.__qualname__}"
+            self._local[key] = Source(name, target, IN_PROCESS, "", obj=obj)
+            self._loaded.pop(key, None)
+            self._failed.pop(key, None)
+            return obj
+
+        return decorator
+
+    def unregister(self, name: str) -> None:
+        """Remove an in-process registration made with register()."""
+        key = normalize(name)
+        if key not in self._local:
+            raise UnknownNameError(self.singular, name, [s.name for s in self._local.values()])
+        del self._local[key]
+        self._loaded.pop(key, None)
+        self._failed.pop(key, None)
+
+
+def _signature(obj: Any) -> str:
+    for eval_str in (True, False):  # annotations as types where they resolve, else as written
+        try:
+            return str(inspect.signature(obj, eval_str=eval_str))
+        except (NameError, TypeError, ValueError):
+            continue
+    return "(...)"
+
+
+def _params(signature: inspect.Signature) -> str:
+    shown = [str(p) for p in signature.parameters.values()]
+    return "(" + ", ".join(shown) + ")" if shown else "no arguments"
