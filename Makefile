@@ -1,0 +1,31 @@
+# `make demo` and `make test` each set up .venv when needed, then do their job.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+OUT    ?= zoo-out
+
+.PHONY: demo test parity bench lint clean
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $@
+
+demo: $(STAMP)  ## build, train, export and verify the whole zoo into $(OUT)/
+	$(VENV)/bin/zoo run -o $(OUT)
+
+test: $(STAMP)  ## the test suite (what CI runs)
+	$(PY) -m pytest -q
+
+parity: $(STAMP)  ## the full parity matrix: every activation x layer x exporter x opset x dtype
+	$(PY) -m export.matrix
+
+bench: $(STAMP)  ## every benchmark figure quoted in the README, as ratios measured in one run
+	$(PY) -m bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(OUT) build *.egg-info .pytest_cache

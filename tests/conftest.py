@@ -1,0 +1,79 @@
+"""Shared fixtures: throwaway distributions with real entry points on sys.path."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+import zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_distribution(
+    root: Path,
+    name: str,
+    entry_points: dict[str, dict[str, str]],
+    modules: dict[str, str] | None = None,
+    version: str = "1.0",
+) -> Path:
+    """Write `name-version.dist-info` (METADATA + entry_points.txt) and modules under root."""
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    sections = [
+        f"[{group}]\n" + "".join(f"{ep} = {target}\n" for ep, target in eps.items())
+        for group, eps in entry_points.items()
+    ]
+    (info / "entry_points.txt").write_text("\n".join(sections))
+    for filename, source in (modules or {}).items():
+        (root / filename).write_text(textwrap.dedent(source))
+    return root
+
+
+@pytest.fixture
+def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Install throwaway distributions for one test: put them on sys.path and reset the registries."""
+    counter = iter(range(1000))
+
+    def install(name: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str] | None = None,
+                version: str = "1.0") -> Path:
+        root = tmp_path / f"site{next(counter)}"
+        write_distribution(root, name, entry_points, modules, version)
+        monkeypatch.syspath_prepend(str(root))
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+        importlib.invalidate_caches()
+        zoo.cache_clear()
+        return root
+
+    yield install
+    zoo.cache_clear()
+
+
+def run_zoo(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed `zoo` command in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "zoo", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A CLI failure: non-zero exit, one line on stderr mentioning each fragment, no traceback."""
+    assert result.returncode != 0, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
