@@ -8,7 +8,7 @@ a linear layer. The string defaults are registry names.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn

@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -66,6 +66,7 @@ def run_zoo(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
         env={**os.environ, **(env or {})},
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        check=False,
     )
 
 

@@ -23,10 +23,26 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "BadArgumentsError", "DuplicateNameError", "PluginInfo", "PluginLoadError", "Registry",
-    "UnknownNameError", "ZooError", "activations", "cache_clear", "create_model", "datasets",
-    "layers", "list_models", "load_checkpoint", "models", "normalize", "registries",
-    "save_checkpoint", "train", "TrainResult",
+    "BadArgumentsError",
+    "DuplicateNameError",
+    "PluginInfo",
+    "PluginLoadError",
+    "Registry",
+    "TrainResult",
+    "UnknownNameError",
+    "ZooError",
+    "activations",
+    "cache_clear",
+    "create_model",
+    "datasets",
+    "layers",
+    "list_models",
+    "load_checkpoint",
+    "models",
+    "normalize",
+    "registries",
+    "save_checkpoint",
+    "train",
 ]
 
 
@@ -69,7 +85,7 @@ models = Registry(
 registries = {r.kind: r for r in (activations, layers, models, datasets)}
 
 
-def create_model(name: str, *, seed: int | None = None, **kwargs: Any) -> "nn.Module":
+def create_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered model; `seed` fixes its initial weights. `zoo.create_model(**model.zoo_config)` rebuilds it."""
     with seeded(seed):
         return models.create(name, **kwargs)

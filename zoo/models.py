@@ -6,7 +6,8 @@ import contextlib
 import functools
 import inspect
 import json
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from zoo.errors import BadArgumentsError
 from zoo.registry import Registry

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable, Iterator
 from importlib import metadata
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from zoo.errors import BadArgumentsError, DuplicateNameError, PluginLoadError, UnknownNameError, ZooError
 

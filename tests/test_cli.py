@@ -1,0 +1,122 @@
+"""The `zoo` command as a user runs it: listing, showing, errors, third-party packages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, assert_one_line_error, run_zoo
+
+
+def test_version_and_help():
+    import zoo
+
+    assert run_zoo("--version").stdout.strip() == f"zoo, version {zoo.__version__}"
+    result = run_zoo("--help")
+    assert result.returncode == 0
+    for command in ("list", "show"):
+        assert command in result.stdout
+
+
+def test_list_every_kind_as_a_table():
+    result = run_zoo("list")
+    assert result.returncode == 0, result.stderr
+    for heading in ("activations (27)", "layers (3)", "models (3)", "datasets (3)"):
+        assert heading in result.stdout
+    assert "leaky_relu" in result.stdout and "plugins.activations:LeakyReLU" in result.stdout
+
+
+def test_list_one_kind_as_json():
+    result = run_zoo("list", "layers", "--json")
+    rows = json.loads(result.stdout)
+    assert [row["name"] for row in rows] == ["einsum_linear", "linear", "param_linear"]
+    assert {row["status"] for row in rows} == {"ok"}
+    assert rows[0]["distribution"].startswith("zoo ")
+
+
+def test_show_describes_a_plugin():
+    result = run_zoo("show", "Softplus")
+    assert result.returncode == 0, result.stderr
+    assert "softplus(beta: float = 1.0, threshold: float = 20.0)" in result.stdout
+    assert "plugins.activations:Softplus" in result.stdout
+    both = json.loads(run_zoo("show", "linear", "--json").stdout)
+    assert {info["kind"] for info in both} == {"layers", "datasets"}
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("list", "gadgets"), ("Invalid value", "gadgets")),
+        (("show", "gelo"), ("unknown plugin 'gelo'", "did you mean", "'gelu'")),
+        (("show", "relu", "--kind", "layers"), ("unknown layer 'relu'",)),
+        (("frobnicate",), ("No such command 'frobnicate'",)),
+    ],
+)
+def test_bad_input_is_one_line_and_a_non_zero_exit(args, fragments):
+    assert_one_line_error(run_zoo(*args), *fragments)
+
+
+def test_broken_plugin_is_listed_as_broken_not_fatal(third_party):
+    third_party("zoo-broken", {"zoo.activations": {"broken": "zoo_broken_mod:Nope"}},
+                {"zoo_broken_mod.py": "raise ImportError('deliberately broken')\n"}, version="0.3")
+    listed = run_zoo("list", "activations", "--check", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["broken"]["status"] == "broken" and "deliberately broken" in rows["broken"]["error"]
+    assert "zoo-broken 0.3" in rows["broken"]["error"] and rows["relu"]["status"] == "ok"
+    table = run_zoo("list", "--check")
+    assert table.returncode == 0 and "[broken]" in table.stdout
+    assert_one_line_error(run_zoo("show", "broken"), "broken = zoo_broken_mod:Nope", "deliberately broken")
+
+
+def test_conflicting_plugins_are_listed_as_a_conflict(third_party):
+    third_party("dist-a", {"zoo.layers": {"twin": "mod_a:Twin"}})
+    third_party("dist-b", {"zoo.layers": {"twin": "mod_b:Twin"}})
+    rows = {row["name"]: row for row in json.loads(run_zoo("list", "layers", "--json").stdout)}
+    assert rows["twin"]["status"] == "conflict"
+    assert "dist-a" in rows["twin"]["error"] and "dist-b" in rows["twin"]["error"]
+
+
+def test_a_broken_command_plugin_does_not_break_the_others(third_party):
+    third_party("zoo-badcmd", {"zoo.commands": {"badcmd": "no_such_module_zz:cmd"}})
+    assert "badcmd" in run_zoo("--help").stdout
+    assert_one_line_error(run_zoo("badcmd"), "badcmd = no_such_module_zz:cmd", "zoo-badcmd")
+    assert run_zoo("list", "models").returncode == 0
+
+
+def test_example_package_installs_with_pip_and_joins_the_registry(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(ROOT / "examples" / "zoo-example-plugin")],
+        check=True, capture_output=True, text=True,
+    )
+    env = {"PYTHONPATH": str(target)}
+    rows = {row["name"]: row for row in json.loads(run_zoo("list", "activations", "--json", env=env).stdout)}
+    assert rows["squareplus"]["target"] == "zoo_example_plugin:Squareplus"
+    assert rows["squareplus"]["distribution"] == "zoo-example-plugin 0.1.0"
+    shown = run_zoo("show", "squareplus", env=env)
+    assert "squareplus(b: float = 4.0)" in shown.stdout
+    code = (
+        "import torch, zoo\n"
+        "net = zoo.create_model('mlp', activation={'name': 'squareplus', 'b': 1.0}, hidden=[4])\n"
+        "print(net.act0(torch.tensor([0.0])).item())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env}, check=True)
+    assert float(out.stdout) == 0.5
+
+
+@pytest.mark.parametrize("args", [["list"], ["--help"], ["list", "models", "--json"]])
+def test_listing_and_help_do_not_import_torch(args):
+    code = (
+        "import sys\n"
+        "from zoo.cli import main\n"
+        f"sys.argv = ['zoo', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnx', 'onnxruntime', 'matplotlib', 'numpy'})\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert "HEAVY []" in result.stderr, result.stderr
