@@ -1,0 +1,334 @@
+"""`zoo export`, `zoo verify`, `zoo predict`: thin commands over export.bundle and export.runtime.
+
+They join the `zoo` command through the `zoo.commands` entry points. torch and onnx are imported
+inside `export` only; `verify` and `predict` need onnxruntime and numpy alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+import zoo
+from zoo.cli import emit_json, model_training_options, train_from_options
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """The runtime's errors (plain ValueErrors, so that it needs no zoo) as one-line CLI errors."""
+    from export.runtime import BundleError, InputError, ModelFileError, TensorProtoError
+
+    try:
+        yield
+    except (BundleError, InputError, ModelFileError, TensorProtoError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _progress(message: str) -> None:
+    """A status line on stderr, only when a person is watching it."""
+    if sys.stderr.isatty():
+        click.echo(message, err=True)
+
+
+# -- zoo export -----------------------------------------------------------------------------------
+@click.command("export")
+@click.argument("source", metavar="MODEL_OR_CHECKPOINT")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(path_type=pathlib.Path),
+    help="The .onnx file to write; with --test-data, the bundle directory.",
+)
+@click.option(
+    "--opset",
+    type=int,
+    help="ONNX opset: 13 (dynamo: 18) up to the highest the exporter and onnxruntime support "
+    "[default: 17 (dynamo: 18)].",
+)
+@click.option(
+    "--exporter",
+    type=click.Choice(["torchscript", "dynamo"]),
+    default="torchscript",
+    show_default=True,
+    help="torchscript is fast; dynamo goes through torch.export and needs onnxscript.",
+)
+@click.option(
+    "--static-batch", is_flag=True, help="Fix the batch size in the graph instead of a symbolic axis."
+)
+@click.option(
+    "--test-data",
+    is_flag=True,
+    help="Write a bundle directory: model.onnx, test_data_set_N/*.pb with torch's outputs, manifest.json.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Export dtype.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing .onnx file or bundle.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@model_training_options
+@click.pass_context
+def export_command(
+    ctx: click.Context,
+    source: str,
+    out: pathlib.Path,
+    opset: int | None,
+    exporter: str,
+    static_batch: bool,
+    test_data: bool,
+    dtype: str,
+    force: bool,
+    as_json: bool,
+    **training: Any,
+) -> None:
+    """Export MODEL_OR_CHECKPOINT to ONNX and prove it computes the same numbers as torch.
+
+    MODEL_OR_CHECKPOINT is a checkpoint file (from `zoo train`) or a model name; a name is built and
+    trained first with the training options, as `zoo train` would. The parity check (torch eager vs
+    onnxruntime over the whole float range) always runs; on a failure nothing is written, the worst
+    inputs are printed and the exit status is 1.
+    """
+    from export.bundle import default_opset, preflight, write_bundle, write_onnx
+    from export.parity import ParityError
+
+    started = time.perf_counter()
+    opset = default_opset(exporter) if opset is None else opset
+    preflight(out, bundle=test_data, overwrite=force, opset=opset, exporter=exporter)  # before training
+    model, trained = _model(ctx, source, training, progress=False if as_json else None)
+    _progress(f"exporting to {out} (opset {opset}, {exporter}, {dtype}) and checking parity ...")
+    options = {"opset": opset, "exporter": exporter, "dtype": dtype, "dynamic_batch": not static_batch}
+    try:
+        if test_data:
+            write_bundle(model, out, overwrite=force, **options)
+            parity = _bundle_parity(out)
+        else:
+            parity = write_onnx(model, out, overwrite=force, **options).to_json()
+    except ParityError as exc:
+        _report_parity_failure(exc, as_json)
+        raise
+    summary = {
+        "path": str(out),
+        "bundle": test_data,
+        "source": source,
+        **options,
+        "parity": parity,
+        "training": trained,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    kind = "bundle" if test_data else "model"
+    batch = "dynamic" if options["dynamic_batch"] else "static"
+    click.echo(f"wrote {kind} {out} (opset {opset}, {exporter}, {dtype}, {batch} batch)")
+    click.echo(
+        f"parity: ok, max abs error {_num(parity['max_abs_error'])}, "
+        f"max rel error {_num(parity['max_rel_error'])} over {parity['probes']} probes"
+    )
+    click.echo(f"took {summary['seconds']:.2f} s")
+
+
+def _model(
+    ctx: click.Context, source: str, training: dict[str, Any], *, progress: bool | None
+) -> tuple[Any, dict[str, Any] | None]:
+    """The model to export and its training summary: loaded from a checkpoint, or built and trained."""
+    if _is_path(source):
+        given = [
+            name for name in training if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise click.UsageError(f"{flags}: training options apply to a model name, not to a checkpoint")
+        model = zoo.load_checkpoint(source)
+        return model.cpu(), getattr(model, "zoo_training", None)
+    _progress(f"training {source} ...")
+    model, result = train_from_options(source, progress=progress, **training)
+    return model.cpu(), result.summary()
+
+
+def _is_path(source: str) -> bool:
+    """A checkpoint path rather than a model name: an existing file, a path with a separator, a .pt name."""
+    return os.path.exists(source) or os.sep in source or "/" in source or source.endswith(CHECKPOINT_SUFFIXES)
+
+
+def _bundle_parity(out: pathlib.Path) -> dict[str, Any]:
+    from export.runtime.verify import load_manifest
+
+    return load_manifest(out)["parity"]
+
+
+def _report_parity_failure(exc: Any, as_json: bool) -> None:
+    """The report on stdout (--json), or the worst inputs on stderr; the error line follows."""
+    if as_json:
+        emit_json({"ok": False, "parity": exc.report.to_json()})
+        return
+    for worst in exc.report.worst:
+        click.echo(
+            f"  output {worst.output!r}, probe {worst.probe} row {worst.row}, input {worst.input[:4]}: "
+            f"torch {worst.torch!r}, onnx {worst.onnx!r}",
+            err=True,
+        )
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
+
+
+# -- zoo verify -----------------------------------------------------------------------------------
+@click.command("verify")
+@click.argument("bundle", metavar="BUNDLE", type=click.Path(path_type=pathlib.Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def verify_command(bundle: pathlib.Path, as_json: bool) -> None:
+    """Re-check BUNDLE (a directory from `zoo export --test-data`, or its model.onnx) with onnxruntime alone.
+
+    Checks the manifest, the model's sha256, and replays every test_data_set_N: each output must
+    match torch's within the manifest's tolerances, with NaN/inf exactly where torch had them.
+    Exit status 1 on any mismatch. Needs no torch.
+    """
+    from export.runtime import verify_bundle
+
+    with _one_line_errors():
+        report = verify_bundle(bundle, strict=False)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        for check in report.checks:
+            verdict = "ok" if check.ok else "FAIL"
+            click.echo(
+                f"  {verdict:4} {check.file}: {check.elements} values, max abs {check.max_abs_error:.3g}, "
+                f"max rel {check.max_rel_error:.3g}"
+            )
+        click.echo(report.summary())
+    if not report.ok:
+        raise click.ClickException(report.summary())
+
+
+# -- zoo predict ----------------------------------------------------------------------------------
+@click.command("predict", context_settings={"ignore_unknown_options": True})
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=pathlib.Path))
+@click.argument("values", nargs=-1, type=float, metavar="[VALUES]...")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(path_type=pathlib.Path),
+    help="A .npy file (or a TensorProto .pb) holding the input batch.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=pathlib.Path),
+    help="Write the output to this .npy file (.npz: every output by name) instead of printing it.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (NaN/inf as the strings 'nan', 'inf', '-inf')."
+)
+def predict_command(
+    model_path: pathlib.Path,
+    values: tuple[float, ...],
+    input_path: pathlib.Path | None,
+    output: pathlib.Path | None,
+    as_json: bool,
+) -> None:
+    """Run MODEL (an .onnx file or a bundle) on --input x.npy or on VALUES, with onnxruntime alone.
+
+    VALUES are the input's numbers row after row: with a model of F input features, N*F values make
+    N rows of F (e.g. `zoo predict mlp.onnx 1 2 3` runs 3 rows through a 1-feature model); a count
+    that is not a multiple of F is an error. Negative numbers, nan and inf may be given as they are.
+    """
+    import numpy as np
+
+    from export.runtime import OnnxModel
+    from export.runtime.verify import MODEL_FILE, jsonable
+
+    if (input_path is None) == (not values):
+        raise click.UsageError("give the input either as VALUES or with --input x.npy (one of them)")
+    with _one_line_errors():
+        model = OnnxModel(model_path / MODEL_FILE if model_path.is_dir() else model_path)
+        x = _read_input(input_path) if input_path is not None else _rows(model, values)
+        outputs = model.run_all(x)
+    if output is not None:
+        _save(output, outputs)
+        if as_json:
+            emit_json({"model": str(model.path), "output": str(output), "rows": len(x)})
+        else:
+            click.echo(f"wrote {output} ({', '.join(f'{k} {v.shape}' for k, v in outputs.items())})")
+    elif as_json:
+        emit_json(
+            {"model": str(model.path), "outputs": {k: jsonable(v.tolist()) for k, v in outputs.items()}}
+        )
+    else:
+        for name, value in outputs.items():
+            if len(outputs) > 1:
+                click.echo(f"{name}:")
+            for row in np.asarray(value).reshape(len(value), -1):
+                click.echo(" ".join(str(v) for v in row))
+
+
+def _rows(model: Any, values: tuple[float, ...]) -> Any:
+    """VALUES as (N, F) rows for a model taking (batch, F) input."""
+    import numpy as np
+
+    shape = model.input_shape
+    if len(shape) != 2 or not isinstance(shape[1], int):
+        raise click.UsageError(
+            f"VALUES need a model taking (batch, features) input, this one takes {model.input_spec}"
+        )
+    if len(values) % shape[1]:
+        raise click.UsageError(
+            f"got {len(values)} values, not a multiple of the model's {shape[1]} input features "
+            f"(expected input of shape {model.input_spec})"
+        )
+    return np.array(values, dtype=np.float64).reshape(-1, shape[1])
+
+
+def _read_input(path: pathlib.Path) -> Any:
+    """The array in a .npy file, or in a TensorProto .pb file."""
+    import numpy as np
+
+    from export.runtime import read_tensor
+
+    if path.suffix == ".pb":
+        return read_tensor(path).array
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise click.ClickException(f"{path}: no such input file") from None
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read {path} as a .npy array: {exc}") from exc
+    if not isinstance(array, np.ndarray):
+        raise click.ClickException(f"{path} is an .npz archive; give one array as a .npy file")
+    return array
+
+
+def _save(path: pathlib.Path, outputs: dict[str, Any]) -> None:
+    """Write the outputs atomically: one array as .npy, or every output by name as .npz."""
+    import numpy as np
+
+    from export.runtime.tensor_proto import write_atomic
+
+    buffer = io.BytesIO()
+    if path.suffix == ".npz":
+        np.savez(buffer, **outputs)
+    elif len(outputs) == 1:
+        np.save(buffer, next(iter(outputs.values())))
+    else:
+        raise click.UsageError(f"the model has {len(outputs)} outputs; write them with -o {path.stem}.npz")
+    try:
+        write_atomic(path, buffer.getvalue())
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -1,0 +1,178 @@
+"""``OnnxModel``: run an exported model with onnxruntime and numpy alone (no torch, no onnx)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnxruntime
+
+from export.runtime.tensor_proto import LENGTH, VARINT, TensorProtoError, fields
+
+# onnxruntime's type strings -> numpy dtypes.
+ORT_TYPES = {
+    "tensor(float)": np.dtype("float32"),
+    "tensor(float16)": np.dtype("float16"),
+    "tensor(double)": np.dtype("float64"),
+    "tensor(int64)": np.dtype("int64"),
+    "tensor(int32)": np.dtype("int32"),
+    "tensor(int8)": np.dtype("int8"),
+    "tensor(uint8)": np.dtype("uint8"),
+    "tensor(bool)": np.dtype("bool"),
+}
+
+
+class ModelFileError(ValueError):
+    """The file is missing, unreadable, truncated or not an ONNX model this runtime can run."""
+
+
+class InputError(ValueError):
+    """An input does not fit the model (rank, dtype, feature count); the message states the expected shape."""
+
+
+class OnnxModel:
+    """A single-input ONNX model loaded into onnxruntime: ``OnnxModel("mlp.onnx").run(x)``."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        """Load ``path``; ``threads`` caps onnxruntime's intra-op threads, ``providers`` defaults to CPU."""
+        self.path = pathlib.Path(path)
+        data = _read_model_file(self.path)
+        self.opset = _default_opset(self.path, data)
+        self._session = _session(self.path, data, threads, providers)
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelFileError(f"{self.path} has {len(inputs)} inputs; OnnxModel runs single-input models")
+        self.input_name: str = inputs[0].name
+        self.input_shape: tuple[int | str | None, ...] = tuple(inputs[0].shape)
+        if inputs[0].type not in ORT_TYPES:
+            raise ModelFileError(f"{self.path} takes {inputs[0].type}, which OnnxModel does not feed")
+        self.dtype: np.dtype = ORT_TYPES[inputs[0].type]
+        outputs = self._session.get_outputs()
+        self.output_names: list[str] = [output.name for output in outputs]
+        self.output_shapes: list[tuple[int | str | None, ...]] = [tuple(output.shape) for output in outputs]
+        self.metadata: dict[str, Any] = _parse_metadata(self._session.get_modelmeta().custom_metadata_map)
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({str(self.path)!r}, input={self.input_spec}, opset={self.opset})"
+
+    @property
+    def input_spec(self) -> str:
+        """The accepted input as text, e.g. '(batch, 1) float32'."""
+        dims = ", ".join("?" if d is None else str(d) for d in self.input_shape)
+        return f"({dims}{',' if len(self.input_shape) == 1 else ''}) {self.dtype}"
+
+    def run(self, x: Any) -> np.ndarray:
+        """The first output for input ``x`` (a numpy array or nested lists of shape like ``input_shape``)."""
+        return self.run_all(x)[self.output_names[0]]
+
+    def run_all(self, x: Any) -> dict[str, np.ndarray]:
+        """Every output by name for input ``x``."""
+        outputs = self._session.run(None, {self.input_name: self._prepare(x)})
+        return dict(zip(self.output_names, outputs))
+
+    def _prepare(self, x: Any) -> np.ndarray:
+        """``x`` as a contiguous array of the model's dtype; raises InputError when it does not fit."""
+        if isinstance(x, np.ndarray) and x.dtype == self.dtype:
+            array = x
+        else:
+            array = self._convert(x)
+        self._check_shape(array.shape)
+        return np.ascontiguousarray(array)
+
+    def _convert(self, x: Any) -> np.ndarray:
+        try:
+            array = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            raise InputError(
+                f"expected input of shape {self.input_spec}, got a ragged or non-numeric value"
+            ) from exc
+        if not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
+            raise InputError(f"expected input of shape {self.input_spec}, got values of dtype {array.dtype}")
+        with np.errstate(over="ignore"):
+            converted = array.astype(self.dtype)
+        if self.dtype.kind == "f" and array.dtype.kind in "fiu":
+            overflow = np.isinf(converted) & np.isfinite(array)
+            if overflow.any():
+                value, limit = float(array[overflow].flat[0]), float(np.finfo(self.dtype).max)
+                raise InputError(f"input value {value:g} overflows {self.dtype} (largest {limit:g})")
+        return converted
+
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        fits = len(shape) == len(self.input_shape) and all(
+            not isinstance(want, int) or want == got for want, got in zip(self.input_shape, shape)
+        )
+        if not fits:
+            raise InputError(f"expected input of shape {self.input_spec}, got {tuple(shape)}")
+
+
+def _read_model_file(path: pathlib.Path) -> bytes:
+    if path.is_dir():
+        hint = " (a bundle: pass its model.onnx)" if (path / "model.onnx").is_file() else ""
+        raise ModelFileError(f"{path} is a directory, not an ONNX model file{hint}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such ONNX model file") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not data:
+        raise ModelFileError(f"{path} is empty, not an ONNX model")
+    return data
+
+
+def _default_opset(path: pathlib.Path, data: bytes) -> int | None:
+    """The default-domain opset from ModelProto.opset_import (field 8), read without onnx."""
+    try:
+        for number, wire, value in fields(data):
+            if number == 8 and wire == LENGTH:
+                entry = {n: v for n, w, v in fields(value) if w in (VARINT, LENGTH)}
+                if entry.get(1, b"") in (b"", b"ai.onnx"):
+                    return int(entry.get(2, 0))
+    except TensorProtoError as exc:
+        raise ModelFileError(f"{path} is truncated or not an ONNX model ({exc})") from exc
+    return None
+
+
+def _session(
+    path: pathlib.Path, data: bytes, threads: int | None, providers: Sequence[str] | None
+) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    available = onnxruntime.get_available_providers()
+    chosen = list(providers) if providers is not None else ["CPUExecutionProvider"]
+    missing = [p for p in chosen if p not in available]
+    if missing or not chosen:
+        raise ValueError(f"providers {missing or chosen} are not available; choose from {available}")
+    try:
+        return onnxruntime.InferenceSession(data, options, providers=chosen)
+    except Exception as exc:
+        reason = str(exc).split(" : ")[-1].strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path} is not a valid ONNX model: {reason}") from exc
+
+
+def _parse_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """metadata_props with JSON objects and arrays (zoo.config, zoo.training) parsed; the rest as text."""
+    parsed: dict[str, Any] = {}
+    for key, value in props.items():
+        parsed[key] = value
+        if value[:1] in ("{", "["):
+            try:
+                parsed[key] = json.loads(value)
+            except ValueError:
+                pass
+    return parsed

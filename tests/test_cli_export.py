@@ -1,0 +1,222 @@
+"""`zoo export`, `zoo verify` and `zoo predict` as a user runs them, and every bad input as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, assert_one_line_error, run_zoo
+
+import zoo
+from export.runtime import OnnxModel, read_tensor, write_tensor
+from zoo.cli import main
+
+TRAIN_FAST = ("--activation", "tanh", "--hidden", "8", "--epochs", "2")
+
+FLIP_PLUGIN = """
+from torch import nn
+
+
+class Flip(nn.Module):
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.fc = nn.Linear(in_features, out_features)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return y if bool(x.sum() > 0) else -y  # tracing keeps one branch: not torch's function
+
+
+def flip(in_features: int = 1, out_features: int = 1):
+    return Flip(in_features, out_features)
+"""
+
+
+def zoo_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """Run `zoo ARGS` in this process (torch already loaded), through the same main() as the script."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An (untrained) 3-feature, 2-output MLP checkpoint."""
+    model = zoo.create_model("mlp", in_features=3, out_features=2, hidden=[8], activation="tanh", seed=0)
+    return zoo.save_checkpoint(tmp_path_factory.mktemp("checkpoints") / "mlp3.pt", model)
+
+
+@pytest.fixture(scope="module")
+def bundle(checkpoint, tmp_path_factory):
+    """`zoo export CHECKPOINT -o DIR --test-data`, run once as a user would."""
+    out = tmp_path_factory.mktemp("cli-bundles") / "mlp3"
+    result = run_zoo("export", str(checkpoint), "-o", str(out), "--test-data")
+    assert result.returncode == 0, result.stderr
+    assert f"wrote bundle {out} (opset 17, torchscript, float32, dynamic batch)" in result.stdout
+    assert "parity: ok" in result.stdout
+    return out
+
+
+# -- the happy paths -------------------------------------------------------------------------------
+def test_export_a_model_name_trains_it_first(tmp_path):
+    out = tmp_path / "mlp.onnx"
+    result = run_zoo("export", "mlp", *TRAIN_FAST, "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["path"] == str(out) and summary["bundle"] is False and summary["opset"] == 17
+    assert summary["parity"]["ok"] is True and summary["parity"]["max_abs_error"] < 1e-3
+    assert summary["training"]["recipe"]["epochs"] == 2 and summary["training"]["final_loss"] > 0
+    assert OnnxModel(out).metadata["zoo.config"]["activation"] == "tanh"
+    assert os.listdir(tmp_path) == ["mlp.onnx"]
+
+
+def test_verify_a_bundle(bundle):
+    result = run_zoo("verify", str(bundle))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith(f"PASS {bundle}")
+    report = json.loads(run_zoo("verify", str(bundle / "model.onnx"), "--json").stdout)
+    assert report["ok"] is True and len(report["checks"]) == 2
+
+
+def test_predict_values_and_files(bundle, tmp_path):
+    model = OnnxModel(bundle / "model.onnx")
+    x = np.array([[1.0, -2.5, 3.0], [0.0, -0.5, 7.0]], dtype=np.float32)
+    expected = model.run(x)
+
+    shown = run_zoo("predict", str(bundle / "model.onnx"), "1", "-2.5", "3", "0", "-0.5", "7")
+    assert shown.returncode == 0, shown.stderr
+    rows = [[float(v) for v in line.split()] for line in shown.stdout.strip().splitlines()]
+    np.testing.assert_array_equal(np.array(rows, dtype=np.float32), expected)
+
+    np.save(tmp_path / "x.npy", x)
+    written = run_zoo(
+        "predict", str(bundle), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")
+    )
+    assert written.returncode == 0, written.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+
+    as_json = json.loads(run_zoo("predict", str(bundle), "nan", "inf", "-inf", "--json").stdout)
+    assert set(as_json["outputs"]) == {"output"} and len(as_json["outputs"]["output"]) == 1
+
+    probes = bundle / "test_data_set_0" / "input_0.pb"
+    replayed = run_zoo("predict", str(bundle), "--input", str(probes), "--json")
+    outputs = np.array(json.loads(replayed.stdout)["outputs"]["output"], dtype=object).astype(np.float32)
+    assert np.isnan(outputs).any()  # written as "nan", read back as NaN
+    np.testing.assert_array_equal(outputs, model.run(read_tensor(probes).array))
+
+
+def test_verify_and_predict_never_import_torch_or_onnx(bundle):
+    code = (
+        "import sys\n"
+        "from zoo.cli import main\n"
+        f"for args in (['verify', {str(bundle)!r}], ['predict', {str(bundle)!r}, '1', '2', '3']):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as exit_:\n"
+        "        assert exit_.code == 0, exit_.code\n"
+        "print('heavy:', sorted(m for m in ('torch', 'onnx') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "heavy: []"
+
+
+# -- failures: non-zero exit, one line, nothing on disk ---------------------------------------------
+def test_a_parity_failure_prints_the_worst_inputs_and_writes_nothing(third_party, tmp_path):
+    third_party("zoo-flip", {"zoo.models": {"flip": "flip_plugin:flip"}}, {"flip_plugin.py": FLIP_PLUGIN})
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_zoo(
+        "export", "flip", "--dataset", "nonlinear", "--epochs", "1", "-o", str(out / "flip.onnx")
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"zoo: error: FAIL {out / 'flip.onnx'}") and "worst:" in lines[-1]
+    assert any("probe" in line and "torch" in line and "onnx" in line for line in lines[:-1])
+    assert "Traceback" not in result.stderr and os.listdir(out) == []
+
+
+def test_a_tampered_bundle_fails_verification(bundle, tmp_path):
+    copy = shutil.copytree(bundle, tmp_path / "copy")
+    y = read_tensor(copy / "test_data_set_1" / "output_0.pb").array
+    write_tensor(copy / "test_data_set_1" / "output_0.pb", y + 0.5, name="output")
+    result = run_zoo("verify", str(copy))
+    assert_one_line_error(result, "FAIL", "test_data_set_1/output_0.pb")
+    assert "FAIL test_data_set_1/output_0.pb" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("export", "mpl", "-o", "{tmp}/m.onnx"), ("unknown model 'mpl'", "did you mean 'mlp'")),
+        (("export", "mlp", "-o", "{tmp}/m.onnx", "--opset", "99"), ("opset 99", "13..")),
+        (("export", "mlp", "-o", "{tmp}/m.onnx", "--exporter", "dynamo", "--opset", "17"), ("choose 18..",)),
+        (("export", "mlp", "-o", "{tmp}/no/such/dir/m.onnx"), ("does not exist",)),
+        (("export", "{tmp}/nope.pt", "-o", "{tmp}/m.onnx"), ("no checkpoint file",)),
+        (("export", "{ckpt}", "-o", "{tmp}/m.onnx", "--epochs", "3"), ("--epochs", "apply to a model name")),
+        (("export", "{ckpt}", "-o", "{tmp}/existing"), ("already exists", "--force")),
+        (("export", "{ckpt}", "-o", "{tmp}/notes", "--test-data"), ("is not a zoo bundle",)),
+    ],
+)
+def test_bad_export_input_is_one_line(capsys, checkpoint, tmp_path, args, fragments):
+    (tmp_path / "existing").write_bytes(b"precious")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    args = [a.format(tmp=tmp_path, ckpt=checkpoint) for a in args]
+    assert_one_line_error(zoo_here(capsys, *args), *fragments)
+    assert sorted(os.listdir(tmp_path)) == ["existing", "notes"]
+    assert (tmp_path / "existing").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("predict", "{tmp}/missing.onnx", "1"), ("no such ONNX model file",)),
+        (("predict", "{tmp}/truncated.onnx", "1"), ("truncated or not an ONNX model",)),
+        (("predict", "{tmp}/x.npy", "1"), ("not an ONNX model",)),
+        (("predict", "{model}", "1", "2"), ("got 2 values, not a multiple of the model's 3 input features",)),
+        (
+            ("predict", "{model}", "--input", "{tmp}/x.npy"),
+            ("expected input of shape (batch, 3) float32, got (4, 2)",),
+        ),
+        (("predict", "{model}", "--input", "{tmp}/words.npy"), ("(batch, 3) float32", "dtype <U")),
+        (("predict", "{model}", "--input", "{tmp}/truncated.onnx"), ("cannot read", "as a .npy array")),
+        (("predict", "{model}", "--input", "{tmp}/none.npy"), ("no such input file",)),
+        (("predict", "{model}", "1", "2", "3", "-o", "{tmp}/no/dir/y.npy"), ("cannot write", "No such file")),
+        (("predict", "{model}", "1", "2", "3", "-o", "{tmp}/adir"), ("cannot write", "adir")),
+        (
+            ("predict", "{model}", "1", "2", "3", "--input", "{tmp}/x.npy"),
+            ("either as VALUES or with --input",),
+        ),
+        (("predict", "{model}"), ("either as VALUES or with --input",)),
+        (("predict", "{model}", "1", "--jsno"), ("'--jsno' is not a valid float",)),
+        (("verify", "{tmp}"), ("is not a bundle: no manifest.json",)),
+        (("verify", "{tmp}/nowhere"), ("no such bundle",)),
+    ],
+)
+def test_bad_predict_and_verify_input_is_one_line(capsys, bundle, tmp_path, args, fragments):
+    (tmp_path / "truncated.onnx").write_bytes((bundle / "model.onnx").read_bytes()[:300])
+    np.save(tmp_path / "x.npy", np.zeros((4, 2), np.float32))
+    np.save(tmp_path / "words.npy", np.array([["a", "b", "c"]]))
+    (tmp_path / "adir").mkdir()
+    before = sorted(os.listdir(tmp_path))
+    args = [a.format(tmp=tmp_path, model=bundle / "model.onnx") for a in args]
+    assert_one_line_error(zoo_here(capsys, *args), *fragments)
+    assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "adir") == []
+
+
+def test_help_states_the_values_rule(capsys):
+    shown = zoo_here(capsys, "predict", "--help").stdout
+    assert "N*F values make" in shown and "N rows of F" in shown
+    assert "--test-data" in zoo_here(capsys, "export", "--help").stdout
