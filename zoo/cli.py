@@ -6,15 +6,22 @@ plugins do; torch is imported only by the commands that build something.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+from collections.abc import Sequence
 from importlib import metadata
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import zoo
-from zoo.errors import UnknownNameError, ZooError
+from zoo.errors import BadArgumentsError, UnknownNameError, ZooError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from zoo.training import TrainResult
 
 KINDS = tuple(zoo.registries)
 
@@ -129,6 +136,194 @@ def show_command(name: str, kind: str | None, as_json: bool) -> None:
         if info.aliases:
             click.echo(f"  aliases:      {', '.join(info.aliases)}")
         click.echo(f"  {info.doc}")
+
+
+@cli.group("plot")
+def plot_group() -> None:
+    """Draw pictures (PNG files, no display needed)."""
+
+
+@plot_group.command("activations")
+@click.argument("names", nargs=-1, metavar="[NAME[:key=value,...]]...")
+@click.option("-o", "--output", default="activations.png", show_default=True,
+              type=click.Path(dir_okay=False, path_type=str), help="PNG file to write.")
+def plot_activations_command(names: tuple[str, ...], output: str) -> None:
+    """Plot activations and their derivatives on [-5, 5] (default: all of them, with alias variants).
+
+    A NAME may carry keyword arguments, e.g. softplus:beta=2 or gelu:approximate=tanh.
+    """
+    from zoo import plots  # matplotlib and torch load here, not for `zoo --help`
+
+    path = plots.plot_activations(list(names) or plots.activation_specs(), output)
+    click.echo(f"wrote {path}")
+
+
+# -- zoo train: options shared with `zoo export` and `zoo run` --------------------------------------
+DEFAULT_DATASETS = {"linear_regression": "linear", "logistic_regression": "blobs", "mlp": "nonlinear"}
+
+
+class PartSpec(click.ParamType):
+    """`name` or `name:key=value,...` -> the name, or {"name": name, key: value}; values read as JSON scalars."""
+
+    name = "name[:key=value,...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        name, _, options = value.partition(":")
+        if not name.strip():
+            self.fail(f"{value!r} has no name before ':'", param, ctx)
+        spec: dict[str, Any] = {"name": name.strip()}
+        for item in filter(None, options.split(",")):
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                self.fail(f"{value!r}: write name:key=value[,key=value]", param, ctx)
+            spec[key.strip()] = self._scalar(raw.strip(), value, param, ctx)
+        return spec if len(spec) > 1 else spec["name"]
+
+    def _scalar(self, raw: str, value: str, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            return raw  # a bare word such as approximate=tanh is a string
+        if isinstance(parsed, (list, dict)):
+            self.fail(f"{value!r}: values must be numbers, true/false/null or words", param, ctx)
+        return parsed
+
+
+class Widths(click.ParamType):
+    """`64,64` -> [64, 64]: hidden layer widths (an empty string means none)."""
+
+    name = "N,N,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            widths = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            widths = []
+        if any(width < 1 for width in widths) or (value.strip() and not widths):
+            self.fail(f"{value!r} is not a comma-separated list of positive integers, e.g. 64,64", param, ctx)
+        return widths
+
+
+def model_training_options(command: Any) -> Any:
+    """Add the options of `train_from_options` (model parts, dataset, recipe and its overrides) to a command."""
+    options = [
+        click.option("--layer", type=PartSpec(), help="Linear layer plugin: linear, einsum_linear, param_linear..."),
+        click.option("--activation", type=PartSpec(),
+                     help="Activation of an mlp: a name or name:key=value,... e.g. softplus:beta=2,threshold=5."),
+        click.option("--hidden", type=Widths(), help="Hidden layer widths of an mlp, e.g. 64,64."),
+        click.option("--dataset", type=PartSpec(),
+                     help="Dataset plugin, optionally name:key=value,... [default: linear for linear_regression, "
+                          "blobs for logistic_regression, nonlinear for mlp]"),
+        click.option("--recipe", default="default", show_default=True,
+                     help="Training recipe: default (full-batch L-BFGS, reaches least squares) or notes "
+                          "(the course notes' Adam lr 0.1, weight decay 0.1, batch 100, 5 epochs)."),
+        click.option("--epochs", type=int, help="Passes over the data [default: the recipe's]."),
+        click.option("--batch-size", type=int, help="Rows per optimiser step [default: the recipe's]."),
+        click.option("--lr", type=float, help="Learning rate [default: the recipe's, or the optimizer's own]."),
+        click.option("--weight-decay", type=float, help="L2 weight decay [default: the recipe's]."),
+        click.option("--optimizer", help="adam, adamw, sgd (momentum 0.9) or lbfgs [default: the recipe's]."),
+        click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:N."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seeds the dataset, the initial weights and the batch order."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def train_from_options(
+    model_name: str,
+    *,
+    layer: str | dict[str, Any] | None = None,
+    activation: str | dict[str, Any] | None = None,
+    hidden: Sequence[int] | None = None,
+    dataset: str | dict[str, Any] | None = None,
+    recipe: str = "default",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    optimizer: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool | None = None,
+) -> tuple[nn.Module, TrainResult]:
+    """Build MODEL and its dataset on the device from `model_training_options` values, and train it."""
+    from zoo.training import resolve_device  # torch loads here, not for `zoo --help`
+
+    target = resolve_device(device)
+    canonical, _ = zoo.models.resolve(model_name)
+    data = _training_data(canonical, dataset, seed=seed, device=str(target))
+    parts = {"layer": layer, "activation": activation, "hidden": hidden}
+    kwargs = {key: value for key, value in parts.items() if value is not None}
+    accepted = inspect.signature(zoo.models.get(canonical)).parameters
+    sizes = {"in_features": data.x.shape[1], "out_features": data.y.shape[1]}
+    kwargs.update({key: size for key, size in sizes.items() if key in accepted})
+    model = zoo.create_model(model_name, seed=seed, **kwargs)
+    result = zoo.train(
+        model, data, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        optimizer=optimizer, device=target, seed=seed, progress=progress,
+    )
+    return model, result
+
+
+def _training_data(model: str, spec: str | dict[str, Any] | None, *, seed: int, device: str) -> Any:
+    spec = spec or DEFAULT_DATASETS.get(model)
+    if spec is None:
+        raise BadArgumentsError(
+            f"model {model!r} has no default dataset: pass --dataset ({', '.join(zoo.datasets.names())})"
+        )
+    name, kwargs = (spec, {}) if isinstance(spec, str) else (spec["name"], {k: v for k, v in spec.items() if k != "name"})
+    return zoo.datasets.create(name, seed=seed, device=device, **kwargs)
+
+
+@cli.command("train")
+@click.argument("model_name", metavar="MODEL")
+@model_training_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write a checkpoint (one .pt file) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a summary.")
+@click.option("-q", "--quiet", is_flag=True, help="Draw no progress bar (none is drawn when stderr is not a terminal).")
+def train_command(model_name: str, output: str | None, as_json: bool, quiet: bool, **options: Any) -> None:
+    """Train MODEL on a synthetic dataset; print the final loss, metrics and small models' parameters.
+
+    \b
+    Examples:
+      zoo train linear_regression --layer einsum_linear -o linreg.pt
+      zoo train linear_regression --recipe notes      # the course notes' Adam, b ends far from 5
+      zoo train mlp --activation softplus:beta=2 --hidden 32,32 --json
+    """
+    model, result = train_from_options(model_name, progress=False if quiet or as_json else None, **options)
+    if output:
+        zoo.save_checkpoint(output, model, result)
+    parameters = {key: value.tolist() for key, value in model.state_dict().items()}
+    report = {
+        "model": model.zoo_config,
+        **result.to_json(),
+        "parameters": parameters if sum(p.numel() for p in model.parameters()) <= 16 else None,
+        "checkpoint": output,
+    }
+    if as_json:
+        emit_json(report)
+    else:
+        _print_training(report)
+
+
+def _print_training(report: dict[str, Any]) -> None:
+    config = ", ".join(f"{key}={value}" for key, value in report["model"].items() if key != "name")
+    click.echo(
+        f"{report['model']['name']} ({config}) on {report['dataset']['name']}, recipe {report['recipe']['name']}: "
+        f"{report['steps']} steps in {report['seconds']:.2f} s on {report['device']}"
+    )
+    metrics = "  ".join(f"{key} {value:.6g}" for key, value in report["metrics"].items())
+    click.echo(f"final loss {report['final_loss']:.6g}  ({metrics})")
+    if report["parameters"]:
+        click.echo("parameters: " + "  ".join(f"{key} {value}" for key, value in report["parameters"].items()))
+    if report["checkpoint"]:
+        click.echo(f"checkpoint written to {report['checkpoint']}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class ZooError(Exception):
@@ -34,3 +34,23 @@ class PluginLoadError(ZooError):
 
 class BadArgumentsError(ZooError, TypeError):
     """A plugin was called with arguments it does not accept, or with invalid values."""
+
+
+class TrainingError(ZooError):
+    """Training cannot go on: the model and the dataset do not fit together, or settings are unusable."""
+
+
+class DivergenceError(TrainingError):
+    """The loss became NaN or infinite; `step` is the first optimiser step (1-based) where it did."""
+
+    def __init__(self, message: str, *, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class DeviceError(ZooError):
+    """The device asked for does not exist or is not available (e.g. cuda without a GPU)."""
+
+
+class CheckpointError(ZooError):
+    """A checkpoint cannot be written (model without zoo_config) or read (missing, truncated, foreign)."""

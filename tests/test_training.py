@@ -1,0 +1,235 @@
+"""zoo.train on the built-in models and datasets: recipes, optimum, safety, determinism, devices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from zoo.errors import BadArgumentsError, DeviceError, DivergenceError, TrainingError, UnknownNameError
+
+LAYERS = ["einsum_linear", "param_linear", "linear"]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def linear_data():
+    return zoo.datasets.create("linear", seed=0)
+
+
+def ols(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Least squares with a bias column, in float64: (coefficients with the bias last, MSE)."""
+    design = torch.cat([x, torch.ones(len(x), 1)], dim=1).double()
+    solution = torch.linalg.lstsq(design, y.double()).solution
+    return solution, ((design @ solution - y.double()) ** 2).mean().item()
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_default_recipe_reaches_least_squares(layer, linear_data):
+    (w_ols, b_ols), mse_ols = ols(linear_data.x, linear_data.y)
+    model = zoo.create_model("linear_regression", layer=layer, seed=0)
+    result = zoo.train(model, linear_data, seed=0, progress=False)
+    assert abs(model.weight.item() - w_ols.item()) < 0.01
+    assert abs(model.bias.item() - b_ols.item()) < 0.05
+    assert result.final_loss <= 1.01 * mse_ols
+    assert result.metrics == {"mse": result.final_loss}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_notes_recipe_reproduces_the_notes(layer, linear_data):
+    model = zoo.create_model("linear_regression", layer=layer, seed=0)
+    result = zoo.train(model, linear_data, recipe="notes", progress=False)
+    assert 9.94 < model.weight.item() < 9.98  # the notes: 9.95-9.97
+    assert model.bias.item() - 5 > 2  # the notes: 8.1-9.0, far from the true 5
+    assert result.steps == 500 and len(result.history) == 5
+    assert result.recipe == {
+        "name": "notes", "optimizer": "adam", "lr": 0.1, "weight_decay": 0.1, "epochs": 5,
+        "batch_size": 100, "shuffle": False, "seed": 0,
+    }
+
+
+def test_logistic_regression_reaches_the_bayes_accuracy():
+    data = zoo.datasets.create("blobs", seed=0)
+    bayes = ((data.x.sum(dim=1, keepdim=True) > 0).float() == data.y).float().mean().item()
+    model = zoo.create_model("logistic_regression", seed=0)
+    result = zoo.train(model, data, progress=False)
+    assert set(result.metrics) == {"bce", "accuracy"}
+    assert result.metrics["accuracy"] >= bayes - 0.01
+    predicted = ((model(data.x) > 0).float() == data.y).float().mean().item()
+    assert predicted == pytest.approx(result.metrics["accuracy"])
+
+
+def test_mlp_beats_the_best_linear_fit_by_far():
+    data = zoo.datasets.create("nonlinear", seed=0, n=1000)
+    _, linear_mse = ols(data.x, data.y)
+    model = zoo.create_model("mlp", hidden=[32, 32], seed=0)
+    result = zoo.train(model, data, progress=False)
+    assert result.final_loss < 0.1 * linear_mse
+    assert result.final_loss < 0.03  # the noise floor is 0.01
+
+
+def test_result_and_model_after_training(linear_data):
+    model = zoo.create_model("linear_regression", seed=0)
+    model.train()
+    result = zoo.train(model, linear_data, epochs=3, progress=False)
+    assert not model.training
+    assert result.device == "cpu" and result.steps == 3 and len(result.history) == 3
+    assert result.seconds > 0 and result.recipe["batch_size"] == len(linear_data)
+    assert result.history[0] > result.history[-1]
+    assert json.loads(json.dumps(result.to_json()))["history"] == result.history
+    summary = model.zoo_training
+    assert summary == result.summary() and "history" not in summary
+    assert summary["dataset"] == {"name": "linear", "task": "regression", "rows": 10000, "params": linear_data.params}
+    json.dumps(summary, allow_nan=False)
+
+
+def test_explicit_arguments_override_the_recipe(linear_data):
+    model = zoo.create_model("linear_regression", seed=0)
+    result = zoo.train(model, linear_data, recipe="notes", epochs=1, batch_size=1000, weight_decay=0.0, progress=False)
+    assert (result.recipe["epochs"], result.recipe["batch_size"], result.recipe["weight_decay"]) == (1, 1000, 0.0)
+    assert result.steps == 10 and result.recipe["lr"] == 0.1
+    # another optimizer without an lr gets that optimizer's own rate, not the recipe's
+    switched = zoo.train(model, linear_data, optimizer="sgd", epochs=1, batch_size=5000, progress=False)
+    assert switched.recipe["optimizer"] == "sgd" and switched.recipe["lr"] == 0.01
+
+
+def test_same_seed_gives_bit_identical_parameters_on_cpu(linear_data):
+    def run(seed: int) -> list[torch.Tensor]:
+        model = zoo.create_model("mlp", hidden=[8], seed=0)
+        data = zoo.datasets.create("nonlinear", seed=0, n=300)
+        zoo.train(model, data, optimizer="adam", lr=0.01, batch_size=32, epochs=3, seed=seed, progress=False)
+        return [p.detach().clone() for p in model.parameters()]
+
+    first, again, other = run(0), run(0), run(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))  # the seed orders the batches
+
+
+def test_training_leaves_the_callers_random_state_alone(linear_data):
+    model = zoo.create_model("linear_regression")
+    state = torch.get_rng_state()
+    zoo.train(model, linear_data, epochs=1, progress=False)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_prediction_target_shape_mismatch_is_an_error(linear_data):
+    flat = nn.Sequential(nn.Linear(1, 1), nn.Flatten(0))  # (N,) against targets (N, 1): the notes' bug
+    with pytest.raises(TrainingError, match=r"predicts shape \(2,\) but the targets have shape \(2, 1\)"):
+        zoo.train(flat, linear_data, progress=False)
+    assert not hasattr(flat, "zoo_training")
+
+
+class FlattensBigBatches(nn.Module):
+    """Right shape on two rows, (N,) on more: only a check at every step catches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x)
+        return out.flatten() if len(x) > 2 else out
+
+
+def test_shape_is_checked_at_every_step(linear_data):
+    with pytest.raises(TrainingError, match=r"predicts shape \(100,\) but the targets have shape \(100, 1\)"):
+        zoo.train(FlattensBigBatches(), linear_data, recipe="notes", progress=False)
+
+
+def test_model_that_cannot_take_the_inputs_is_a_training_error():
+    data = zoo.datasets.create("blobs", seed=0)
+    with pytest.raises(TrainingError, match=r"cannot take the dataset's inputs \(\(2,\) features"):
+        zoo.train(zoo.create_model("linear_regression"), data, progress=False)
+
+
+def first_non_finite_step(x: torch.Tensor, y: torch.Tensor) -> int:
+    """Replay SGD(lr 1, momentum 0.9) on batches of 100 in order by hand; the 1-based first NaN/inf step."""
+    model = zoo.create_model("linear_regression", seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    for step, start in enumerate(range(0, len(x), 100), start=1):
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x[start : start + 100]), y[start : start + 100])
+        if not torch.isfinite(loss):
+            return step
+        loss.backward()
+        optimizer.step()
+    raise AssertionError("did not diverge")
+
+
+def test_divergence_names_the_first_bad_step_and_suggests_a_lower_lr(linear_data):
+    expected = first_non_finite_step(linear_data.x, linear_data.y)
+    model = zoo.create_model("linear_regression", seed=0)
+    with pytest.raises(DivergenceError, match=rf"at step {expected}\b.*lower the learning rate \(it was 1, try 0.1\)"):
+        zoo.train(model, linear_data, recipe="notes", optimizer="sgd", lr=1.0, weight_decay=0.0, progress=False)
+    assert not hasattr(model, "zoo_training")
+
+
+def test_divergence_in_the_last_update_is_caught_by_the_final_loss(linear_data):
+    model = zoo.create_model("linear_regression", seed=0)  # one full-batch step: its own loss is still finite
+    with pytest.raises(DivergenceError, match="the loss became inf after step 1; lower the learning rate") as caught:
+        zoo.train(model, linear_data, optimizer="sgd", lr=1e30, epochs=1, progress=False)
+    assert caught.value.step == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"epochs": 0}, BadArgumentsError, "epochs must be an integer >= 1, got 0"),
+        ({"batch_size": 2.5}, BadArgumentsError, "batch_size must be an integer >= 1"),
+        ({"lr": -1.0}, BadArgumentsError, "lr must be a positive finite number"),
+        ({"weight_decay": float("nan")}, BadArgumentsError, "weight_decay must be a non-negative"),
+        ({"seed": -1}, BadArgumentsError, "seed must be an integer >= 0"),
+        ({"recipe": "note"}, UnknownNameError, "unknown recipe 'note'; did you mean 'notes'"),
+        ({"optimizer": "adma"}, UnknownNameError, "unknown optimizer 'adma'; did you mean 'adam'"),
+        ({"weight_decay": 0.1}, BadArgumentsError, "'lbfgs' has no weight decay"),
+        ({"device": "tpu"}, DeviceError, "unknown device 'tpu'"),
+        ({"device": "meta"}, DeviceError, "device 'meta' is not supported"),
+    ],
+)
+def test_bad_settings_are_clear_errors(kwargs, error, message, linear_data):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        zoo.train(zoo.create_model("linear_regression"), linear_data, progress=False, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(linear_data):
+    from zoo.training import resolve_device
+
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="sees no CUDA GPU: use device cpu or auto"):
+        zoo.train(zoo.create_model("linear_regression"), linear_data, device="cuda", progress=False)
+
+
+def test_progress_bar_when_asked(linear_data, capsys):
+    zoo.train(zoo.create_model("linear_regression"), linear_data, recipe="notes", progress=True)
+    err = capsys.readouterr().err
+    assert "epoch 5/5" in err and "100% loss" in err and err.endswith("\n")
+    zoo.train(zoo.create_model("linear_regression"), linear_data, recipe="notes")  # captured stderr: no TTY
+    assert capsys.readouterr().err == ""
+
+
+@cuda
+@pytest.mark.cuda
+def test_training_on_cuda_reaches_least_squares():
+    data = zoo.datasets.create("linear", seed=0, device="cuda")
+    (w_ols, b_ols), _ = ols(data.x.cpu(), data.y.cpu())
+    model = zoo.create_model("linear_regression", layer="einsum_linear", seed=0)
+    result = zoo.train(model, data, device="cuda", progress=False)
+    assert result.device.startswith("cuda") and model.weight.device.type == "cuda" and not model.training
+    assert abs(model.weight.item() - w_ols.item()) < 0.01 and abs(model.bias.item() - b_ols.item()) < 0.05
+
+
+@cuda
+@pytest.mark.cuda
+def test_training_on_cuda_is_deterministic_and_moves_cpu_data():
+    data = zoo.datasets.create("nonlinear", seed=0, n=500)  # on the CPU: train moves it
+
+    def run() -> list[torch.Tensor]:
+        model = zoo.create_model("mlp", hidden=[16], seed=0)
+        zoo.train(model, data, optimizer="adam", lr=0.01, batch_size=50, epochs=2, device="cuda", progress=False)
+        return [p.detach().cpu() for p in model.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(), run()))

@@ -1,0 +1,123 @@
+"""Checkpoints: one file with a model's weights and the names that rebuild it, written atomically.
+
+The file is a `torch.save` of plain types and tensors, so it loads with `weights_only=True`:
+{"format": "zoo.checkpoint", "version": 1, "config": model.zoo_config, "state_dict": {...},
+"training": dataset, recipe, metrics, ... (or None), "versions": {"zoo": ..., "torch": ...}}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from zoo.errors import CheckpointError, ZooError
+
+if TYPE_CHECKING:
+    from zoo.training import TrainResult
+
+__all__ = ["FORMAT", "VERSION", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = "zoo.checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], model: nn.Module, result: TrainResult | None = None
+) -> pathlib.Path:
+    """Write the model's weights, zoo_config, training summary (`result`'s, else model.zoo_training) and versions.
+
+    The file appears whole or not at all (temporary file + rename). Raises CheckpointError for a
+    model that zoo.create_model did not build (no zoo_config) or a file that cannot be written.
+    """
+    from zoo import __version__
+
+    config = getattr(model, "zoo_config", None)
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            "only models built by zoo.create_model can be checkpointed: this one has no zoo_config to rebuild it from"
+        )
+    training = result.summary() if result is not None else getattr(model, "zoo_training", None)
+    _check_json("zoo_config", config)
+    _check_json("training summary", training)
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config,
+        "training": training,
+        "versions": {"zoo": __version__, "torch": str(torch.__version__)},  # str: TorchVersion is no plain type
+        "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
+    }
+    return _write_atomic(record, pathlib.Path(path))
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild the model saved at `path` (on CPU, in eval mode, zoo_training restored).
+
+    Raises CheckpointError for a missing, truncated or foreign file, or one whose model cannot be
+    rebuilt here (e.g. a plugin that is not installed).
+    """
+    import zoo
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file; all mean the same to a user
+        raise CheckpointError(
+            f"{path} is not a readable zoo checkpoint (truncated, or not written by zoo.save_checkpoint): "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a torch file but not a zoo checkpoint; write one with zoo.save_checkpoint or `zoo train -o`"
+        )
+    if record.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {record.get('version')!r}; this zoo reads {VERSION}")
+    try:
+        model = zoo.create_model(**record["config"])
+        model.load_state_dict(record["state_dict"])
+    except (ZooError, RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild its model {record.get('config')}: {_first_line(exc)}") from exc
+    if record.get("training") is not None:
+        model.zoo_training = record["training"]
+    return model.eval()
+
+
+def _check_json(label: str, value: Any) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot checkpoint the model: its {label} is not plain JSON ({exc})") from exc
+
+
+def _write_atomic(record: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
+    """torch.save to a temporary file beside `path`, then rename it over; nothing is left on failure."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from exc
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save(record, handle)
+        os.replace(temporary, path)
+    except BaseException as exc:
+        pathlib.Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from exc
+        raise
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    """The line of an error message that says what went wrong (torch's weights_only errors bury it)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    cause = [line for line in lines if line.startswith("WeightsUnpickler error:")]
+    return (cause or lines or [""])[0].split(" Please use")[0][:300]  # not torch's advice to trust the file
