@@ -71,13 +71,16 @@ def _check_json(name: str, config: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def seeded(seed: int | None) -> Iterator[None]:
-    """Run a block with torch's global RNG seeded, leaving the caller's RNG state untouched."""
+def seeded(seed: int | None, device: Any = "cpu") -> Iterator[None]:
+    """Run a block with torch's global RNGs seeded (and CUDA's, for a CUDA device), leaving the
+    caller's RNG state untouched."""
     if seed is None:
         yield
         return
     import torch
 
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield

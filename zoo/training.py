@@ -23,17 +23,17 @@ with a JSON summary in `model.zoo_training`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from zoo.errors import BadArgumentsError, DeviceError, DivergenceError, TrainingError, UnknownNameError
+from zoo.models import seeded
 from zoo.progress import ProgressBar, wanted
 
 __all__ = [
@@ -163,7 +163,7 @@ def train(
     model.to(target)
     _check_fit(model, x, y)
     start = time.perf_counter()
-    with _seeded(seed, target):
+    with seeded(seed, target):
         history = _fit(model, x, y, criterion, settings, wanted(progress))
     final_loss, metrics = _evaluate(model, x, y, criterion)
     seconds = time.perf_counter() - start
@@ -255,15 +255,6 @@ def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     finally:
         model.train(was_training)
     _same_shape(prediction, y[:2])
-
-
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's global RNGs (dropout and the like) for the run, restoring the caller's state after."""
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        yield
 
 
 def _fit(
