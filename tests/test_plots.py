@@ -1,0 +1,138 @@
+"""Pictures: activation curves and derivatives, loss curves, and `zoo plot` (real matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_one_line_error, run_zoo
+
+import zoo
+from zoo import plots
+from zoo.cli import main
+from zoo.errors import BadArgumentsError, UnknownNameError, ZooError
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk; fails unless the file is a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_parse_spec_reads_json_values_and_plain_strings() -> None:
+    assert plots.parse_spec("relu") == ("relu", {})
+    assert plots.parse_spec("softplus:beta=2,threshold=10.5") == ("softplus", {"beta": 2, "threshold": 10.5})
+    assert plots.parse_spec("gelu:approximate=tanh") == ("gelu", {"approximate": "tanh"})
+    with pytest.raises(BadArgumentsError, match="name:key=value"):
+        plots.parse_spec("softplus:beta")
+
+
+def test_activation_specs_list_every_activation_and_the_variant_aliases() -> None:
+    specs = plots.activation_specs()
+    assert specs[: len(zoo.activations.names())] == zoo.activations.names()
+    assert "gelu_tanh" in specs and "swish" not in specs  # swish is silu with no arguments: not a new function
+
+
+def test_elementwise_curve_and_autograd_derivative() -> None:
+    curve = plots.activation_curve("softplus:beta=2")
+    x = torch.tensor(curve.x)
+    assert torch.allclose(torch.tensor(curve.y), torch.nn.functional.softplus(x, beta=2), atol=1e-6)
+    assert torch.allclose(torch.tensor(curve.dy), torch.sigmoid(2 * x), atol=1e-6)
+    assert curve.note == "softplus(beta=2)"
+    assert min(curve.x) == -5 and max(curve.x) == 5
+
+
+def test_non_elementwise_activations_are_probed_and_say_how() -> None:
+    softmax = plots.activation_curve("softmax")  # first output of softmax([x, 0]) is sigmoid(x)
+    x = torch.tensor(softmax.x)
+    assert "softmax([x, 0])[0]" in softmax.note
+    assert torch.allclose(torch.tensor(softmax.y), torch.sigmoid(x), atol=1e-6)
+    assert torch.allclose(torch.tensor(softmax.dy), torch.sigmoid(x) * (1 - torch.sigmoid(x)), atol=1e-6)
+    glu = plots.activation_curve("glu")  # glu([x, x]) = x * sigmoid(x)
+    assert "glu([x, x])" in glu.note
+    assert torch.allclose(torch.tensor(glu.y), x * torch.sigmoid(x), atol=1e-6)
+
+
+def test_alias_variant_names_the_function_it_is() -> None:
+    assert plots.activation_curve("gelu_tanh").note == "gelu(approximate='tanh')"
+
+
+def test_activation_grid_of_every_activation_is_a_sensible_png(tmp_path: Path) -> None:
+    specs = plots.activation_specs()
+    path = plots.plot_activations(specs, tmp_path / "activations.png")
+    width, height = png_size(path)
+    rows = -(-len(specs) // plots.COLUMNS)
+    assert width >= 1200 and height >= 150 * rows, (width, height)
+    assert [p.name for p in tmp_path.iterdir()] == ["activations.png"]  # no temp file left behind
+
+
+def test_third_party_activation_is_plotted(third_party, tmp_path: Path) -> None:
+    third_party("cubic-act", {"zoo.activations": {"cubic": "cubic_act:Cubic", "total": "cubic_act:Total"}},
+                {"cubic_act.py": """
+        from torch import nn
+
+        class Cubic(nn.Module):
+            def forward(self, x):
+                return x ** 3
+
+        class Total(nn.Module):
+            def forward(self, x):  # not an activation: no curve can be drawn
+                return x.sum()
+    """})
+    curve = plots.activation_curve("cubic")
+    assert curve.dy[0] == pytest.approx(75.0)  # d/dx x^3 at -5
+    png_size(plots.plot_activations(["cubic", "relu"], tmp_path / "a.png"))
+    with pytest.raises(ZooError, match="activation 'total' cannot be plotted"):
+        plots.plot_activations(["cubic", "total"], tmp_path / "b.png")
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_bad_name_raises_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(UnknownNameError, match="relu"):
+        plots.plot_activations(["relu", "reluu"], tmp_path / "a.png")
+    with pytest.raises(BadArgumentsError):
+        plots.plot_activations([], tmp_path / "a.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_training_curves_png(tmp_path: Path) -> None:
+    panels = {"regression": {"linear (default)": [4.0, 1.2, 1.0]},
+              "mlp": {f"act{i}": [1.0 / (e + i + 1) for e in range(10)] for i in range(30)}}
+    width, height = png_size(plots.plot_training(panels, tmp_path / "training.png"))
+    assert width >= 1200 and height >= 400
+    with pytest.raises(BadArgumentsError):
+        plots.plot_training({"empty": {}}, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_zoo_plot_writes_the_subset_asked_for(tmp_path: Path) -> None:
+    out = tmp_path / "subset.png"
+    result = run_zoo("plot", "activations", "relu", "softplus:beta=2", "gelu_tanh", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    width, _ = png_size(out)
+    assert width >= 600
+
+
+def test_zoo_plot_bad_name_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "bad.png"
+    assert_one_line_error(run_zoo("plot", "activations", "relu", "nosuch", "-o", str(out)),
+                          "unknown activation 'nosuch'")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["softplus:beta"], "name:key=value"),
+    (["softplus:gamma=2"], "gamma"),
+    (["relu", "-o", "{tmp}/no/a.png"], "cannot write"),
+])
+def test_zoo_plot_bad_arguments_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           args: list[str], fragment: str) -> None:
+    argv = ["plot", "activations", *(a.format(tmp=tmp_path) for a in args)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "-o", str(tmp_path / "bad.png")] if "-o" not in argv else argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code != 0 and len(err) == 1 and fragment in err[0], err
+    assert list(tmp_path.iterdir()) == []

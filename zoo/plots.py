@@ -1,0 +1,183 @@
+"""Pictures of activations (curve and autograd derivative) and of training loss curves, as PNG files.
+
+matplotlib runs on the Agg backend: no display is needed and none is opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import pathlib
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import torch
+
+matplotlib.use("Agg")  # before pyplot: never open a window, work on headless machines
+
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+
+import zoo
+from zoo.errors import BadArgumentsError, ZooError
+from zoo.models import seeded
+
+__all__ = ["ActivationCurve", "activation_curve", "activation_specs", "parse_spec", "plot_activations",
+           "plot_training"]
+
+COLUMNS = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationCurve:
+    """One activation sampled on a grid: f(x), its autograd derivative, and what was plotted."""
+
+    label: str
+    x: list[float]
+    y: list[float]
+    dy: list[float]
+    note: str  # the function an alias/variant resolves to, and how a non-elementwise one was probed
+
+
+def activation_specs() -> list[str]:
+    """Every registered activation, then each alias that changes the function (e.g. gelu_tanh)."""
+    variants = [alias for alias, (_, kwargs) in zoo.activations.aliases().items() if kwargs]
+    return [*zoo.activations.names(), *variants]
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split `name` or `name:key=value,key=value` into (name, kwargs); values are read as JSON when they parse."""
+    name, _, options = spec.partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, options.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise BadArgumentsError(f"bad activation variant {spec!r}: write name:key=value[,key=value]")
+        try:
+            kwargs[key.strip()] = json.loads(raw)
+        except ValueError:
+            kwargs[key.strip()] = raw.strip()
+    return name.strip(), kwargs
+
+
+def activation_curve(spec: str, *, x_range: tuple[float, float] = (-5.0, 5.0), points: int = 401,
+                     seed: int = 0) -> ActivationCurve:
+    """Build the activation `spec` (a name, alias or `name:key=value` variant) and sample f and f' on x_range."""
+    name, kwargs = parse_spec(spec)
+    with seeded(seed):
+        act = zoo.activations.create(name, **kwargs).eval()  # eval: RReLU & co. deterministic
+    canonical, defaults = zoo.activations.resolve(name)
+    arguments = ", ".join(f"{k}={v!r}" for k, v in {**defaults, **kwargs}.items())
+    x = torch.linspace(*x_range, points, dtype=torch.float32)
+    try:
+        y, dy, probe = _sample(act, x, canonical)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ZooError(f"activation {spec!r} cannot be plotted: {type(exc).__name__}: {exc}") from exc
+    note = "\n".join(filter(None, [f"{canonical}({arguments})" if arguments else "", probe]))
+    return ActivationCurve(spec, x.tolist(), y.tolist(), dy.tolist(), note)
+
+
+def _sample(act: torch.nn.Module, x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """f(x) and df/dx through autograd; rows of pairs for activations that are not elementwise."""
+    if _is_elementwise(act, x):
+        rows, probe = (lambda t: t.unsqueeze(1)), ""
+    elif act(torch.stack([x, x], 1)).shape == (len(x), 1):
+        # GLU-like: halves the features, so each x goes in as the pair (x, x).
+        rows, probe = (lambda t: torch.stack([t, t], 1)), f"on pairs: {name}([x, x])"
+    else:
+        # Softmax-like: normalises a row, so plot the first output for the row (x, 0).
+        rows, probe = (lambda t: torch.stack([t, torch.zeros_like(t)], 1)), f"on rows: {name}([x, 0])[0]"
+    xs = x.clone().requires_grad_(True)
+    y = act(rows(xs))[:, 0]
+    (dy,) = torch.autograd.grad(y.sum(), xs)
+    return y.detach(), dy, probe
+
+
+def _is_elementwise(act: torch.nn.Module, x: torch.Tensor) -> bool:
+    """True when f applied to a column and to a row gives the same numbers (no mixing across a row)."""
+    try:
+        column, row = act(x.unsqueeze(1)), act(x.unsqueeze(0))
+    except RuntimeError:
+        return False
+    if column.shape != (len(x), 1) or row.shape != (1, len(x)):
+        return False
+    return bool(torch.allclose(column.flatten(), row.flatten(), equal_nan=True))
+
+
+def plot_activations(specs: Sequence[str], path: str | os.PathLike[str], *,
+                     x_range: tuple[float, float] = (-5.0, 5.0), seed: int = 0) -> pathlib.Path:
+    """Draw a grid of f(x) and f'(x) for each activation spec into the PNG `path`; nothing is written on error."""
+    if not specs:
+        raise BadArgumentsError("name at least one activation to plot (see `zoo list activations`)")
+    curves = [activation_curve(spec, x_range=x_range, seed=seed) for spec in specs]
+    columns = min(COLUMNS, len(curves))
+    rows = math.ceil(len(curves) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(max(2.9 * columns, 6.0), 2.3 * rows + 0.9), squeeze=False,
+                             layout="constrained")
+    for ax, curve in zip(axes.flat, curves):
+        ax.axhline(0, color="0.8", lw=0.6)
+        ax.axvline(0, color="0.8", lw=0.6)
+        ax.plot(curve.x, curve.y, color="tab:blue", lw=1.6, label="f(x)")
+        ax.plot(curve.x, curve.dy, color="tab:orange", lw=1.2, ls="--", label="f'(x) (autograd)")
+        ax.set_title(f"{curve.label}\n{curve.note}".strip(), fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(curves):]:
+        ax.set_axis_off()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
+    fig.suptitle(f"Activations: f(x) and its derivative on [{x_range[0]:g}, {x_range[1]:g}]", fontsize=12)
+    return _save(fig, path)
+
+
+def plot_training(panels: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike[str]) -> pathlib.Path:
+    """Draw loss-per-epoch curves, one panel per title in `panels` ({title: {label: history}}), into a PNG."""
+    panels = {title: curves for title, curves in panels.items() if curves}
+    if not panels:
+        raise BadArgumentsError("no loss history to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(8.5 * len(panels), 5.2), squeeze=False, layout="constrained")
+    styles = ["-", "--", ":", "-."]
+    for ax, (title, curves) in zip(axes[0], panels.items()):
+        colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10")
+        for i, (label, history) in enumerate(curves.items()):
+            ax.plot(range(1, len(history) + 1), history, label=label, lw=1.3,
+                    color=colors(i % colors.N), ls=styles[(i // colors.N) % len(styles)])
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss (log scale)")
+        ax.grid(alpha=0.3, which="both")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(curves) > 8:  # many curves: the legend goes beside the axes, in two columns past 14
+            ax.legend(fontsize=7, ncols=2 if len(curves) > 14 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize=8, loc="upper right")
+    fig.suptitle("Training loss per epoch", fontsize=12)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> pathlib.Path:
+    """Render to memory, then write the PNG atomically (temp file + os.replace)."""
+    path = pathlib.Path(path)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ZooError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
