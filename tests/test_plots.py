@@ -13,6 +13,7 @@ import zoo
 from zoo import plots
 from zoo.cli import main
 from zoo.errors import BadArgumentsError, UnknownNameError, ZooError
+from zoo.models import parse_part
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -23,11 +24,11 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def test_parse_spec_reads_json_values_and_plain_strings() -> None:
-    assert plots.parse_spec("relu") == ("relu", {})
-    assert plots.parse_spec("softplus:beta=2,threshold=10.5") == ("softplus", {"beta": 2, "threshold": 10.5})
-    assert plots.parse_spec("gelu:approximate=tanh") == ("gelu", {"approximate": "tanh"})
+    assert parse_part("relu") == ("relu", {})
+    assert parse_part("softplus:beta=2,threshold=10.5") == ("softplus", {"beta": 2, "threshold": 10.5})
+    assert parse_part("gelu:approximate=tanh") == ("gelu", {"approximate": "tanh"})
     with pytest.raises(BadArgumentsError, match="name:key=value"):
-        plots.parse_spec("softplus:beta")
+        parse_part("softplus:beta")
 
 
 def test_activation_specs_list_every_activation_and_the_variant_aliases() -> None:

@@ -17,6 +17,7 @@ import click
 
 import zoo
 from zoo.errors import BadArgumentsError, UnknownNameError, ZooError
+from zoo.models import parse_part
 
 if TYPE_CHECKING:
     from torch import nn
@@ -170,25 +171,11 @@ class PartSpec(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if not isinstance(value, str):
             return value
-        name, _, options = value.partition(":")
-        if not name.strip():
-            self.fail(f"{value!r} has no name before ':'", param, ctx)
-        spec: dict[str, Any] = {"name": name.strip()}
-        for item in filter(None, options.split(",")):
-            key, sep, raw = item.partition("=")
-            if not sep or not key.strip():
-                self.fail(f"{value!r}: write name:key=value[,key=value]", param, ctx)
-            spec[key.strip()] = self._scalar(raw.strip(), value, param, ctx)
-        return spec if len(spec) > 1 else spec["name"]
-
-    def _scalar(self, raw: str, value: str, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
-            parsed = json.loads(raw)
-        except ValueError:
-            return raw  # a bare word such as approximate=tanh is a string
-        if isinstance(parsed, (list, dict)):
-            self.fail(f"{value!r}: values must be numbers, true/false/null or words", param, ctx)
-        return parsed
+            name, kwargs = parse_part(value)
+        except ZooError as exc:
+            self.fail(str(exc), param, ctx)
+        return {"name": name, **kwargs} if kwargs else name
 
 
 class Widths(click.ParamType):

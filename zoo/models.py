@@ -16,6 +16,26 @@ from zoo.registry import Registry
 NAMED_PARTS = {"activation": "activations", "output_activation": "activations", "layer": "layers"}
 
 
+def parse_part(text: str) -> tuple[str, dict[str, Any]]:
+    """Split `name` or `name:key=value,...` into (name, kwargs); values read as JSON scalars, else as words."""
+    name, _, options = text.partition(":")
+    if not name.strip():
+        raise BadArgumentsError(f"{text!r} has no name before ':'")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, options.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise BadArgumentsError(f"{text!r}: write name:key=value[,key=value]")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw.strip()  # a bare word such as approximate=tanh is a string
+        if isinstance(value, (list, dict)):
+            raise BadArgumentsError(f"{text!r}: values must be numbers, true/false/null or words")
+        kwargs[key.strip()] = value
+    return name.strip(), kwargs
+
+
 def part_spec(registry: Registry, spec: Any) -> str | dict[str, Any]:
     """Canonical form of a part given as a name or {"name": ..., **kwargs}: aliases resolved."""
     if isinstance(spec, str):

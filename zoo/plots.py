@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import os
 import pathlib
@@ -25,9 +24,9 @@ from matplotlib.ticker import MaxNLocator
 
 import zoo
 from zoo.errors import BadArgumentsError, ZooError
-from zoo.models import seeded
+from zoo.models import parse_part, seeded
 
-__all__ = ["ActivationCurve", "activation_curve", "activation_specs", "parse_spec", "plot_activations",
+__all__ = ["ActivationCurve", "activation_curve", "activation_specs", "plot_activations",
            "plot_training"]
 
 COLUMNS = 6
@@ -50,25 +49,10 @@ def activation_specs() -> list[str]:
     return [*zoo.activations.names(), *variants]
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split `name` or `name:key=value,key=value` into (name, kwargs); values are read as JSON when they parse."""
-    name, _, options = spec.partition(":")
-    kwargs: dict[str, Any] = {}
-    for item in filter(None, options.split(",")):
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise BadArgumentsError(f"bad activation variant {spec!r}: write name:key=value[,key=value]")
-        try:
-            kwargs[key.strip()] = json.loads(raw)
-        except ValueError:
-            kwargs[key.strip()] = raw.strip()
-    return name.strip(), kwargs
-
-
 def activation_curve(spec: str, *, x_range: tuple[float, float] = (-5.0, 5.0), points: int = 401,
                      seed: int = 0) -> ActivationCurve:
     """Build the activation `spec` (a name, alias or `name:key=value` variant) and sample f and f' on x_range."""
-    name, kwargs = parse_spec(spec)
+    name, kwargs = parse_part(spec)
     with seeded(seed):
         act = zoo.activations.create(name, **kwargs).eval()  # eval: RReLU & co. deterministic
     canonical, defaults = zoo.activations.resolve(name)
