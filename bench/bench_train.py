@@ -2,7 +2,7 @@
 workload (linear_regression, batch 100, 500 steps; target ratio <= 1.2x), and how many steps and
 seconds the default recipe needs to reach the least-squares criteria of issue 3.
 
-Usage: .venv/bin/python bench/bench_train.py [--repeats 7] [--device cpu] [--threads N]
+Usage: .venv/bin/python -m bench.bench_train [--repeats 7] [--device cpu] [--threads N]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import zoo
+from bench.common import Figure, print_table
 
 LAYERS = ("einsum_linear", "param_linear", "linear")
 
@@ -33,12 +34,13 @@ def hand_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return loss.item()
 
 
-def notes_workload(repeats: int, device: str) -> None:
+def notes_workload(repeats: int, device: str) -> list[Figure]:
+    """zoo.train against the hand loop, interleaved so that drifts in machine load hit both alike."""
     data = zoo.datasets.create("linear", seed=0, device=device)
     steps = 5 * len(data) // 100
     times: dict[str, list[float]] = {"zoo.train": [], "hand loop": []}
     same = True
-    for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
+    for _ in range(repeats):
         ours = zoo.create_model("linear_regression", seed=0).to(device)
         start = time.perf_counter()
         zoo.train(ours, data, recipe="notes", device=device, progress=False)
@@ -49,12 +51,14 @@ def notes_workload(repeats: int, device: str) -> None:
         times["hand loop"].append(time.perf_counter() - start)
         same &= all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
     per_step = {name: statistics.median(values) / steps * 1e6 for name, values in times.items()}
-    print(f"notes workload: linear_regression, batch 100, {steps} steps, device {device}, median of {repeats}")
-    print(f"  {'loop':<10} {'us/step':>9} {'min us/step':>12}")
-    for name, values in times.items():
-        print(f"  {name:<10} {per_step[name]:>9.1f} {min(values) / steps * 1e6:>12.1f}")
-    print(f"  ratio zoo.train / hand loop: {per_step['zoo.train'] / per_step['hand loop']:.3f}x (target <= 1.2x)")
-    print(f"  bit-identical parameters: {'yes' if same else 'NO'}")
+    ratio = per_step["zoo.train"] / per_step["hand loop"]
+    label = f"notes workload ({steps} steps of 100, {device})"
+    return [
+        Figure(f"{label}: zoo.train per step", per_step["zoo.train"], "us", "-", True),
+        Figure(f"{label}: hand loop per step", per_step["hand loop"], "us", "-", True),
+        Figure(f"{label}: zoo.train / hand loop", ratio, "x", "<= 1.2x", ratio <= 1.2),
+        Figure(f"{label}: same parameters as the hand loop", float(same), "", "bit-identical", same),
+    ]
 
 
 def ols(data: Any) -> tuple[float, float, float]:
@@ -79,20 +83,28 @@ def train_counting(layer: str, data: Any, steps: int, device: str) -> tuple[nn.M
     return model, result, len(calls) - 2  # the shape check and the final evaluation are not training
 
 
-def default_to_ols(device: str) -> None:
+def default_to_ols(device: str) -> list[Figure]:
+    """Steps and seconds the default recipe needs to meet issue 3's least-squares criteria."""
     data = zoo.datasets.create("linear", seed=0, device=device)
     target = ols(data)
-    print(f"\ndefault recipe until |w-w_ols|<0.01, |b-b_ols|<0.05, mse<=1.01*mse_ols (OLS w={target[0]:.5f} "
-          f"b={target[1]:.5f} mse={target[2]:.5f}), device {device}")
-    print(f"  {'layer':<14} {'steps':>5} {'gradient evals':>14} {'seconds':>8} {'w':>9} {'b':>9} {'mse':>9}")
+    rows = []
     for layer in LAYERS:
         for steps in range(1, 11):
             model, result, evals = train_counting(layer, data, steps, device)
             if meets_ols(model, result, target):
                 break
-        status = "" if meets_ols(model, result, target) else "  (not reached in 10 steps)"
-        print(f"  {layer:<14} {steps:>5} {evals:>14} {result.seconds:>8.3f} {model.weight.item():>9.5f} "
-              f"{model.bias.item():>9.5f} {result.final_loss:>9.5f}{status}")
+        met = meets_ols(model, result, target)
+        label = f"default recipe to OLS, {layer}"
+        rows.append(Figure(f"{label}: steps ({evals} gradient evaluations)", steps, "", "reach OLS", met))
+        rows.append(Figure(f"{label}: seconds", result.seconds, "s", "-", met))
+    return rows
+
+
+def figures(repeats: int = 7, device: str = "cpu") -> list[Figure]:
+    """Every training figure, measured in one run."""
+    warm = zoo.create_model("linear_regression", layer="einsum_linear", seed=0)
+    zoo.train(warm, zoo.datasets.create("linear", seed=0, device=device), device=device, progress=False)
+    return notes_workload(repeats, device) + default_to_ols(device)
 
 
 def main() -> None:
@@ -103,11 +115,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    warm = zoo.create_model("linear_regression", layer="einsum_linear", seed=0)
-    zoo.train(warm, zoo.datasets.create("linear", seed=0, device=args.device), device=args.device, progress=False)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    notes_workload(args.repeats, args.device)
-    default_to_ols(args.device)
+    print_table(f"training (torch {torch.__version__}, {torch.get_num_threads()} threads)",
+                figures(args.repeats, args.device))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,216 @@
+"""The parity matrix: every activation, alone and in an MLP with each linear-layer style, through
+both exporters, every supported opset and both dtypes, with our fixes and with upstream's lowering.
+
+    python -m export.matrix [--quick] [--json] [--upstream/--no-upstream]
+
+``--quick`` keeps the default and the highest opset of each exporter (what tests/ runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import zoo
+from export import fixes
+from export.onnx_export import DEFAULT_OPSET, EXPORTERS, ExportError, opset_range, to_onnx
+from export.parity import check_parity
+from export.probes import DTYPES
+
+# Activation variants beyond each registered activation with its defaults.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "gelu_tanh": {"name": "gelu", "approximate": "tanh"},
+    "softplus_b2_t5": {"name": "softplus", "beta": 2.0, "threshold": 5.0},
+}
+ALONE = "alone"
+ALONE_FEATURES = 4
+MLP_CONFIG = {"in_features": 2, "out_features": 1, "hidden": [64, 64]}
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Case:
+    """One cell of the matrix."""
+
+    activation: str
+    model: str  # ALONE or a layer name
+    exporter: str
+    opset: int
+    dtype: str
+
+    def label(self) -> str:
+        """A short, unique, pytest-friendly id."""
+        return f"{self.activation}-{self.model}-{self.exporter}{self.opset}-{self.dtype}"
+
+
+@dataclass
+class Result:
+    """The outcome of one case."""
+
+    case: Case
+    upstream: bool
+    ok: bool
+    detail: str
+    seconds: float
+
+
+def activation_specs() -> dict[str, dict[str, Any]]:
+    """Every activation to test: the registry's names with defaults, plus VARIANTS."""
+    specs: dict[str, dict[str, Any]] = {name: {"name": name} for name in zoo.activations.names()}
+    specs.update(VARIANTS)
+    return specs
+
+
+def model_kinds() -> list[str]:
+    """The activation alone, then an MLP with each registered linear layer."""
+    return [ALONE, *zoo.layers.names()]
+
+
+def opsets(exporter: str, quick: bool) -> list[int]:
+    """Every supported opset, or with ``quick`` the default (or lowest) and the highest."""
+    low, high = opset_range(exporter)
+    if quick:
+        return sorted({min(max(DEFAULT_OPSET, low), high), high})
+    return list(range(low, high + 1))
+
+
+def cases(quick: bool = False, activations: list[str] | None = None) -> list[Case]:
+    """All cases, grouped by activation."""
+    names = activations or list(activation_specs())
+    grid = [
+        (exporter, opset) for exporter in EXPORTERS for opset in opsets(exporter, quick)
+    ]
+    return [
+        Case(name, kind, exporter, opset, dtype)
+        for name, kind, (exporter, opset), dtype in itertools.product(names, model_kinds(), grid, DTYPES)
+    ]
+
+
+def build(case: Case) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The seeded model of a case and its example input."""
+    spec = dict(activation_specs()[case.activation])
+    name = spec.pop("name")
+    generator = torch.Generator().manual_seed(SEED)
+    if case.model == ALONE:
+        return zoo.activations.create(name, **spec), torch.randn(2, ALONE_FEATURES, generator=generator)
+    activation = {"name": name, **spec} if spec else name
+    model = zoo.create_model("mlp", activation=activation, layer=case.model, seed=SEED, **MLP_CONFIG)
+    return model, torch.randn(2, MLP_CONFIG["in_features"], generator=generator)
+
+
+def run_case(case: Case, directory: Path, *, upstream: bool = False) -> Result:
+    """Export one case (with or without our fixes) and check its parity."""
+    start = time.perf_counter()
+    model, example = build(case)
+    path = directory / f"{case.label()}-{'upstream' if upstream else 'ours'}.onnx"
+    try:
+        with fixes.disabled() if upstream else contextlib.nullcontext():
+            to_onnx(model, path, opset=case.opset, exporter=case.exporter, dtype=case.dtype, example_input=example)
+        report = check_parity(model, path, strict=False, reference=False)
+        ok, detail = report.ok, report.explain()
+    except ExportError as error:
+        ok, detail = False, f"export failed: {error}"
+    finally:
+        path.unlink(missing_ok=True)
+    return Result(case, upstream, ok, detail, time.perf_counter() - start)
+
+
+def run(selected: list[Case], *, upstream: bool, jobs: int = 1, stream: Any = sys.stderr) -> list[Result]:
+    """Run cases (ours, and upstream's when asked) in ``jobs`` processes, with a progress line."""
+    work = list(itertools.product(selected, (False, True) if upstream else (False,)))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="zoo-matrix-") as directory, ProcessPoolExecutor(
+        jobs, initializer=torch.set_num_threads, initargs=(1,)  # small models: threads only contend
+    ) as pool:
+        futures = [pool.submit(run_case, case, Path(directory), upstream=is_upstream) for case, is_upstream in work]
+        for index, future in enumerate(as_completed(futures), 1):
+            result = future.result()
+            results.append(result)
+            side = "upstream" if result.upstream else "ours"
+            line = f"[{index}/{len(work)}] {result.case.label()} {side}: {'ok' if result.ok else 'FAIL'}"
+            stream.write(f"\r{line:<90}")
+            stream.flush()
+    stream.write("\n")
+    order = {item: position for position, item in enumerate(work)}
+    return sorted(results, key=lambda r: order[(r.case, r.upstream)])
+
+
+def pass_rates(results: list[Result]) -> dict[str, dict[str, float]]:
+    """Pass rate per (ours|upstream) and dtype, and over all dtypes."""
+    rates: dict[str, dict[str, float]] = {}
+    for side, is_upstream in (("ours", False), ("upstream", True)):
+        mine = [r for r in results if r.upstream == is_upstream]
+        if not mine:
+            continue
+        groups = {dtype: [r for r in mine if r.case.dtype == dtype] for dtype in DTYPES}
+        groups["all"] = mine
+        rates[side] = {k: sum(r.ok for r in v) / len(v) for k, v in groups.items() if v}
+    return rates
+
+
+def table(results: list[Result]) -> str:
+    """One row per activation and model, one column per exporter/opset/dtype: ours (upstream)."""
+    columns = sorted({(r.case.exporter, r.case.opset, r.case.dtype) for r in results},
+                     key=lambda c: (EXPORTERS.index(c[0]), c[1], c[2]))
+    verdict = {(r.case.activation, r.case.model, r.case.exporter, r.case.opset, r.case.dtype, r.upstream): r.ok
+               for r in results}
+    short = {"torchscript": "ts", "dynamo": "dy"}
+    header = ["activation", "model"] + [f"{short[e]}{o} f{d[-2:]}" for e, o, d in columns]
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for activation, model in dict.fromkeys((r.case.activation, r.case.model) for r in results):
+        cells = []
+        for exporter, opset, dtype in columns:
+            ours = verdict.get((activation, model, exporter, opset, dtype, False))
+            theirs = verdict.get((activation, model, exporter, opset, dtype, True))
+            cells.append(_mark(ours) + (f" ({_mark(theirs)})" if theirs is not None else ""))
+        lines.append(" | ".join([activation, model, *cells]))
+    return "\n".join(lines)
+
+
+def _mark(ok: bool | None) -> str:
+    return {True: "ok", False: "FAIL", None: "-"}[ok]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the matrix and print the table and pass rates; exit 1 if any of ours fails."""
+    parser = argparse.ArgumentParser(prog="python -m export.matrix", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="default and highest opset only")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--no-upstream", dest="upstream", action="store_false", help="skip the upstream baseline")
+    parser.add_argument("--activation", action="append", help="only these activations (repeatable)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    args = parser.parse_args(argv)
+    results = run(cases(args.quick, args.activation), upstream=args.upstream, jobs=args.jobs)
+    rates = pass_rates(results)
+    if args.json:
+        print(json.dumps({"pass_rates": rates, "results": [_result_json(r) for r in results]}, indent=2))
+    else:
+        print("cells: ours (upstream); ts = torchscript, dy = dynamo, then opset and dtype")
+        print(table(results))
+        for side, by_dtype in rates.items():
+            print(f"{side}: " + ", ".join(f"{k} {v:.1%}" for k, v in by_dtype.items()))
+        for result in results:
+            if not result.ok and not result.upstream:
+                print(f"FAIL {result.case.label()}: {result.detail}")
+    return 0 if all(r.ok for r in results if not r.upstream) else 1
+
+
+def _result_json(result: Result) -> dict[str, Any]:
+    return {**asdict(result.case), "upstream": result.upstream, "ok": result.ok,
+            "detail": result.detail, "seconds": round(result.seconds, 3)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Every export fix, on the inputs that exposed it: upstream's export fails, ours passes."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from export import ExportError, check_parity, fixes, to_onnx
+from export.parity import TOLERANCES
+
+INF, NAN = float("inf"), float("nan")
+
+
+def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def agrees(model: nn.Module, path: Path, values: list[list[float]], dtype: str = "float32") -> bool:
+    """np.isclose at the dtype tolerance, and NaN/inf exactly where torch has them."""
+    x = np.array(values, dtype=dtype)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(x)).numpy().astype(np.float64)
+    actual = run_onnx(path, x).astype(np.float64)
+    rtol, atol = TOLERANCES[dtype]
+    return bool(np.isclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True).all())
+
+
+def export_both(model: nn.Module, tmp_path: Path, example: torch.Tensor, **options) -> tuple[Path | None, Path]:
+    """(upstream's export or None if upstream refuses, ours)."""
+    with fixes.disabled():
+        try:
+            upstream = to_onnx(model, tmp_path / "upstream.onnx", example_input=example, **options)
+        except ExportError:
+            upstream = None
+    return upstream, to_onnx(model, tmp_path / "ours.onnx", example_input=example, **options)
+
+
+def test_softplus_threshold(tmp_path: Path) -> None:
+    model = nn.Softplus(beta=2.0, threshold=5.0)
+    values = [[2.5, 2.51, 3.0, 10.0]]  # beta * x >= threshold: torch returns x itself
+    upstream, ours = export_both(model, tmp_path, torch.randn(2, 4))
+    assert not agrees(model, upstream, values)
+    assert agrees(model, ours, values)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_log_sigmoid_underflow(tmp_path: Path, exporter: str) -> None:
+    model = nn.LogSigmoid()
+    values = [[-100.0, -90.0, -30.0, -20.0]]  # Log(Sigmoid(-100)) = log(0) = -inf; torch: -100
+    upstream, ours = export_both(model, tmp_path, torch.randn(2, 4), exporter=exporter, opset=18)
+    assert not agrees(model, upstream, values)
+    assert agrees(model, ours, values)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_silu_negative_tail(tmp_path: Path, exporter: str) -> None:
+    model = nn.SiLU()
+    values = [[-17.05, -16.0, -20.0, -25.0]]  # onnxruntime's Sigmoid is far off here
+    upstream, ours = export_both(model, tmp_path, torch.randn(2, 4), exporter=exporter, opset=18)
+    assert not agrees(model, upstream, values)
+    assert agrees(model, ours, values)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_glu_negative_tail(tmp_path: Path, exporter: str) -> None:
+    model = nn.GLU()
+    values = [[1e10, 7.5e16, -30.0, -5.7]]  # a * sigmoid(b) with a large a and a negative b
+    upstream, ours = export_both(model, tmp_path, torch.randn(2, 4), exporter=exporter, opset=18)
+    assert not agrees(model, upstream, values)
+    assert agrees(model, ours, values)
+
+
+def test_gelu_tanh_overflow(tmp_path: Path) -> None:
+    model = nn.GELU(approximate="tanh")
+    values = [[2.18e38, 1.8e38, 1.0, -1.0]]  # upstream overflows to inf; torch returns x
+    upstream, ours = export_both(model, tmp_path, torch.randn(2, 4), opset=17)
+    assert not agrees(model, upstream, values)
+    assert agrees(model, ours, values)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_hardswish_knee(tmp_path: Path, exporter: str) -> None:
+    # Exposed in an MLP: the next layer scales the small values just above the knee at -3.
+    model = nn.Sequential(nn.Hardswish(), nn.Linear(1, 1))
+    with torch.no_grad():
+        model[1].weight.fill_(1e4)
+        model[1].bias.fill_(0.0)
+    values = [[v] for v in np.linspace(-2.9999, -2.99, 64)]
+    upstream, ours = export_both(model, tmp_path, torch.randn(2, 1), exporter=exporter, opset=18)
+    assert not agrees(model, upstream, values)
+    assert agrees(model, ours, values)
+
+
+@pytest.mark.parametrize("model", [nn.Hardshrink(), nn.Softshrink()], ids=["hardshrink", "softshrink"])
+def test_shrink_nan(tmp_path: Path, model: nn.Module) -> None:
+    values = [[NAN, 0.2, -0.7, 1.0]]  # torch keeps NaN; upstream's Where chain returns 0
+    upstream, ours = export_both(model, tmp_path, torch.randn(2, 4))
+    assert not agrees(model, upstream, values)
+    assert agrees(model, ours, values)
+
+
+def test_threshold_exports(tmp_path: Path) -> None:
+    model = zoo.activations.create("threshold")
+    values = [[0.1, 0.11, -5.0, NAN]]
+    upstream, ours = export_both(model, tmp_path, torch.randn(2, 4))
+    assert upstream is None  # torchscript refuses a non-zero threshold
+    assert agrees(model, ours, values)
+
+
+def test_celu_float16(tmp_path: Path) -> None:
+    model = nn.CELU()
+    values = [[-3.0, -0.5, 0.0, 2.0]]
+    upstream, ours = export_both(model, tmp_path, torch.randn(2, 4), dtype="float16")
+    assert upstream is None  # ONNX Celu has no float16 schema: the model is invalid
+    assert agrees(model.half(), ours, values, dtype="float16")
+
+
+def test_rrelu_dynamo(tmp_path: Path) -> None:
+    model = nn.RReLU().eval()
+    values = [[-3.0, -0.5, 0.0, 2.0]]
+    upstream, ours = export_both(model, tmp_path, torch.randn(2, 4), exporter="dynamo", opset=18)
+    assert upstream is None  # dynamo cannot translate rrelu_with_noise
+    assert agrees(model, ours, values)
+
+
+@pytest.mark.parametrize("activation", ["relu", "elu"])
+def test_float16_rounds_like_torch(tmp_path: Path, activation: str) -> None:
+    """Without explicit rounding onnxruntime keeps hidden values in float32 (no overflow to inf)."""
+    model = zoo.create_model("mlp", in_features=1, out_features=1, activation=activation, seed=0)
+    example = torch.randn(2, 1)
+    upstream, ours = export_both(model, tmp_path, example, dtype="float16")
+    upstream_report = check_parity(model, upstream, strict=False, reference=False)
+    assert not upstream_report.ok
+    check_parity(model, ours, reference=False)
+
+
+def test_float16_rounds_once_inside_an_op(tmp_path: Path) -> None:
+    """With explicit rounding, a multi-node lowering must still round once (torch's opmath)."""
+    model = nn.Mish().half()
+    graph = onnx.load(to_onnx(model, tmp_path / "mish.onnx", example_input=torch.randn(2, 4), dtype="float16"))
+    rounding = [n for n in graph.graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT16]
+    assert len(rounding) == 2  # the op's own result, and the final cast to the float16 output
+    check_parity(model, tmp_path / "mish.onnx", reference=False)
+
+
+def test_fixes_are_scoped_to_one_export(tmp_path: Path) -> None:
+    """After to_onnx, a plain torch.onnx.export sees upstream's symbolics again."""
+    model = nn.Softplus(beta=2.0, threshold=5.0)
+    to_onnx(model, tmp_path / "ours.onnx", example_input=torch.randn(2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 4),), str(tmp_path / "plain.onnx"), dynamo=False, opset_version=17)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node}
+    assert "Where" not in ops
+
+
+def test_export_is_idempotent(tmp_path: Path) -> None:
+    model = nn.Softplus(beta=2.0, threshold=5.0)
+    first = to_onnx(model, tmp_path / "a.onnx", example_input=torch.randn(2, 4)).read_bytes()
+    second = to_onnx(model, tmp_path / "b.onnx", example_input=torch.randn(2, 4)).read_bytes()
+    assert first == second
+
+
+def test_fixes_markdown_is_current() -> None:
+    path = Path(fixes.__file__).with_name("FIXES.md")
+    assert path.read_text() == fixes.markdown(), "regenerate: python -c 'from export import fixes; ...'"
+    documented = {f.test for f in fixes.FIXES} | {fixes.FLOAT16_ROUNDING[-1]}
+    assert documented <= set(globals()), documented - set(globals())
