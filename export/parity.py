@@ -57,8 +57,9 @@ class OutputStats:
     mean_rel_error: float
     median_rel_error: float
     p99_rel_error: float
-    failing: int  # finite elements outside np.isclose at (rtol, atol)
-    onnx_closer: int  # of those, where onnx is at least as close as torch to torch run in float64
+    failing: int  # finite elements outside np.isclose(onnx, torch) that the float64 referee does not clear
+    refereed: int  # cleared by the float64 referee: onnx no farther from float64 than torch (+ tol), or
+    # both overflowed where torch's float32 sum overflowed and float64 did not
     nonfinite_mismatches: int  # positions where NaN / +inf / -inf differ from torch
     needed_atol: float  # the smallest atol that passes at this rtol
     needed_rtol: float  # the smallest rtol that passes at this atol
@@ -107,11 +108,11 @@ class ParityReport:
         if self.errors:
             return f"{verdict} {self.path}: {self.errors[0]}"
         failing = sum(o.failing for o in self.outputs)
-        closer = sum(o.onnx_closer for o in self.outputs)
+        refereed = sum(o.refereed for o in self.outputs)
         nonfinite = sum(o.nonfinite_mismatches for o in self.outputs)
         elements = sum(o.elements for o in self.outputs)
         needed = max(o.needed_atol for o in self.outputs)
-        where = f" ({closer} where onnx is closer than torch to float64)" if closer else ""
+        where = f" ({refereed} more cleared by the float64 referee)" if refereed else ""
         return (
             f"{verdict} {self.path} [{self.dtype}, rtol={self.rtol:g}, atol={self.atol:g}]: "
             f"{failing}/{elements} out of tolerance{where}, {nonfinite} NaN/inf mismatches, "
@@ -264,10 +265,7 @@ def _compare(
             report.errors.append(f"output {name!r} has another shape than torch on probes {bad[:3]}")
             continue
         torch_out, onnx_out, exact = _stack(expected, index), _stack(actual, index), _stack(wide, index)
-        stats, mismatches = _output_stats(name, torch_out, onnx_out, report.rtol, report.atol)
-        with np.errstate(all="ignore"):
-            closer = np.abs(onnx_out - exact) <= np.abs(torch_out - exact)
-        stats.onnx_closer = int(np.sum(np.isfinite(mismatches) & (mismatches > -np.inf) & closer))
+        stats, mismatches = _output_stats(name, torch_out, onnx_out, report.rtol, report.atol, exact)
         stats.excused = int(np.sum(~_same(torch_out, _stack(raw, index))))
         stats.reference = _reference_verdict(evaluated, index, torch_out, report.rtol, report.atol)
         report.outputs.append(stats)
@@ -285,18 +283,36 @@ def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _output_stats(
-    name: str, expected: np.ndarray, actual: np.ndarray, rtol: float, atol: float
+    name: str, expected: np.ndarray, actual: np.ndarray, rtol: float, atol: float, exact: np.ndarray | None = None
 ) -> tuple[OutputStats, np.ndarray]:
-    """Statistics and, per element, how far beyond tolerance it is (inf for NaN/inf mismatches)."""
+    """Statistics and, per element, how far beyond tolerance it is (inf for NaN/inf mismatches).
+
+    With ``exact`` (the same model run in float64), the float64 referee: an element outside
+    np.isclose(actual, expected) still passes when actual is no farther from exact than expected is,
+    plus the tolerance. torch's float32 result carries its own rounding error (summation order,
+    cancellation in wide layers); where that error alone exceeds the tolerance, agreeing with
+    torch's rounding is not what "same function" means. NaN/inf positions are never refereed.
+    """
     finite = np.isfinite(expected) & np.isfinite(actual)
     nonfinite_bad = ~finite & ~_same(expected, actual)
+    overflowed = np.zeros(expected.shape, bool)
+    if exact is not None:
+        # torch's float32 sum overflowed although the float64 value is finite (e.g. +inf + -inf inside
+        # a layer at inputs near 1e38): torch's value is not the function's there; onnx must overflow
+        # too, or match the float64 value.
+        overflowed = nonfinite_bad & ~np.isfinite(expected) & np.isfinite(exact) & ~np.isfinite(actual)
+        nonfinite_bad &= ~overflowed
     scale = np.abs(expected)
     with np.errstate(all="ignore"):
         abs_err = np.where(finite, np.abs(actual - expected), 0.0)
         rel_err = np.where(abs_err == 0, 0.0, abs_err / scale)
         needed_rtol = np.where(abs_err <= atol, 0.0, (abs_err - atol) / scale)
+        refereed = np.zeros(expected.shape, bool)
+        if exact is not None:
+            own = np.abs(expected - exact) + atol + rtol * np.abs(exact)
+            refereed = finite & (abs_err - (atol + rtol * scale) > 0) & (np.abs(actual - exact) <= own)
     excess = np.where(nonfinite_bad, np.inf, abs_err - (atol + rtol * scale))
-    failing = finite & (excess > 0)
+    failing = finite & (excess > 0) & ~refereed
     abs_f, rel_f = abs_err[finite], rel_err[finite]
     stats = OutputStats(
         name=name,
@@ -310,7 +326,7 @@ def _output_stats(
         median_rel_error=_stat(np.median, rel_f),
         p99_rel_error=_stat(_p99, rel_f),
         failing=int(failing.sum()),
-        onnx_closer=0,
+        refereed=int(refereed.sum() + overflowed.sum()),
         nonfinite_mismatches=int(nonfinite_bad.sum()),
         needed_atol=_stat(np.max, np.maximum(abs_f - rtol * scale[finite], 0.0)),
         needed_rtol=_stat(np.max, needed_rtol[finite]),

@@ -149,3 +149,20 @@ def test_static_batch_model_is_checked_in_chunks_of_its_batch(tmp_path: Path) ->
     assert report.batch_sizes == [7] and report.outputs[0].elements == sum(
         p.batch for p in make_probes(2, dtype="float32")
     )
+
+
+def test_float64_referee_clears_torch_rounding_but_not_another_function():
+    from export.parity import _output_stats
+
+    exact = np.array([0.1, 0.1, 0.1, -4.6e37, -4.6e37, 2.0])
+    torch_out = np.array([0.1 + 3e-6, 0.1 + 3e-6, 0.1, -np.inf, -np.inf, 2.0])  # torch's own rounding / overflow
+    onnx_out = np.array([0.1 - 1e-7, 0.1 + 9e-6, 0.1 + 3e-6, np.nan, 1.0, 2.0])
+    stats, excess = _output_stats("y", torch_out, onnx_out, 1e-5, 1e-6, exact)
+    # element 0: onnx closer to float64 than torch -> cleared; 1: farther than torch + tol -> fails;
+    # 2: torch is exact, onnx off by 3e-6 -> fails; 3: both overflowed -> cleared;
+    # 4: torch overflowed but onnx is finite and wrong -> a NaN/inf mismatch; 5: equal.
+    assert stats.refereed == 2
+    assert stats.failing == 2 and stats.nonfinite_mismatches == 1
+    assert list(np.isfinite(excess)) == [False, True, True, False, False, False]
+    without, _ = _output_stats("y", torch_out, onnx_out, 1e-5, 1e-6)
+    assert without.refereed == 0 and without.failing == 3 and without.nonfinite_mismatches == 2

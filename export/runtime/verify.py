@@ -243,8 +243,8 @@ def compare(file: str, actual: np.ndarray, expected: np.ndarray, *, rtol: float,
     a, e = actual.astype(np.float64), expected.astype(np.float64)
     finite = np.isfinite(a) & np.isfinite(e)
     nonfinite_bad = ~finite & ~((a == e) | (np.isnan(a) & np.isnan(e)))
-    abs_err = np.where(finite, np.abs(a - e), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        abs_err = np.where(finite, np.abs(a - e), 0.0)
         rel_err = np.where(abs_err == 0, 0.0, abs_err / np.abs(e))
     excess = np.where(nonfinite_bad, np.inf, abs_err - (atol + rtol * np.abs(e)))
     failing = finite & (excess > 0)
