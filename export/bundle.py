@@ -28,9 +28,9 @@ import torch
 from export import probes, special_values
 from export.onnx_export import DEFAULT_OPSET, DTYPES, ExportError, eval_copy, opset_range, to_onnx
 from export.parity import TOLERANCES, ParityError, ParityReport, check_parity
-from export.runtime import BundleError, OnnxModel, verify_bundle, write_tensor
-from export.runtime.tensor_proto import default_mode, write_atomic
+from export.runtime import BundleError, OnnxModel, encode_tensor, verify_bundle
 from export.runtime.verify import FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FILE, SET_PREFIX, jsonable, sha256
+from zoo.files import default_mode, write_atomic
 
 # The probes replayed by a bundle: every special value and activation knee, plus ordinary and large rows.
 BUNDLE_PROBES = ("special", "boundaries", "random(scale=1, batch=7)", "random(scale=100, batch=7)")
@@ -154,6 +154,11 @@ def _check_target(path: pathlib.Path, overwrite: bool, *, directory: bool) -> No
         raise ExportError(f"{path} is a directory; give an .onnx file path (or --test-data for a bundle)")
     if not overwrite:
         raise ExportError(f"{path} already exists; pass --force (overwrite=True) to replace it")
+
+
+def write_tensor(path: str | os.PathLike[str], array: np.ndarray, *, name: str = "") -> pathlib.Path:
+    """Write ``array`` as an ONNX TensorProto ``.pb`` file, atomically."""
+    return write_atomic(path, encode_tensor(array, name=name))
 
 
 @contextlib.contextmanager

@@ -319,7 +319,7 @@ def _save(path: pathlib.Path, outputs: dict[str, Any]) -> None:
     """Write the outputs atomically: one array as .npy, or every output by name as .npz."""
     import numpy as np
 
-    from export.runtime.tensor_proto import write_atomic
+    from zoo.files import write_atomic
 
     buffer = io.BytesIO()
     if path.suffix == ".npz":

@@ -12,7 +12,6 @@ import logging
 import os
 import pathlib
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -22,6 +21,7 @@ import torch
 
 from export import fixes
 from zoo.errors import ZooError
+from zoo.files import write_atomic
 
 EXPORTERS = ("torchscript", "dynamo")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -102,7 +102,9 @@ def to_onnx(
         proto = _round_float16(proto)
     _validate(proto, opset, dtype, dynamic_batch, example.shape[0], input_names, output_names)
     _set_metadata(proto, model, opset=opset, exporter=exporter, dtype=dtype, extra=metadata or {})
-    return _write_atomic(proto, pathlib.Path(path))
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, proto.SerializeToString())
 
 
 def _round_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -316,20 +318,6 @@ def _zoo_version() -> str:
     except ImportError:
         return "unknown"
     return str(__version__)
-
-
-def _write_atomic(proto: onnx.ModelProto, path: pathlib.Path) -> pathlib.Path:
-    """Write to a temporary file beside ``path`` and rename it over; nothing is left on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(proto.SerializeToString())
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _identity_model(opset: int) -> bytes:

@@ -20,7 +20,6 @@ import pathlib
 import re
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ import click
 
 import zoo
 from zoo.errors import BadArgumentsError, ZooError
+from zoo.files import write_atomic
 
 LINEAR_LAYERS = ("einsum_linear", "param_linear", "linear")
 # The course notes' printed (w, b) per layer after their 5 epochs; the truth is w = 10, b = 5.
@@ -323,19 +323,8 @@ def draw_pictures(rows: Sequence[Row], out: pathlib.Path, *, seed: int = 0) -> t
 
 def write_report(report: Report, out: pathlib.Path) -> None:
     """Write OUT/report.json and OUT/report.md, each atomically."""
-    _write_text(out / "report.json", json.dumps(report.to_json(), indent=2) + "\n")
-    _write_text(out / "report.md", markdown(report))
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(out / "report.json", (json.dumps(report.to_json(), indent=2) + "\n").encode())
+    write_atomic(out / "report.md", markdown(report).encode())
 
 
 TABLE_HEADER = ("model", "activation", "layer", "train loss", "max abs err", "max rel err", "status")

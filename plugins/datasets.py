@@ -27,7 +27,7 @@ class SyntheticData:
 
 def _generator(seed: int, device: str | torch.device) -> torch.Generator:
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+        raise TypeError(f"seed must be an integer, got {seed!r}")
     return torch.Generator(device=device).manual_seed(seed)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 import zoo
 from export import ExportError, ParityError
-from export.bundle import write_bundle, write_onnx
+from export.bundle import write_bundle, write_onnx, write_tensor
 from export.parity import TOLERANCES
 from export.runtime import (
     BundleError,
@@ -23,7 +23,6 @@ from export.runtime import (
     OnnxModel,
     read_tensor,
     verify_bundle,
-    write_tensor,
 )
 
 

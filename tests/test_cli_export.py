@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT, assert_one_line_error, run_zoo
 
 import zoo
-from export.runtime import OnnxModel, read_tensor, write_tensor
+from export.bundle import write_tensor
+from export.runtime import OnnxModel, read_tensor
 from zoo.cli import main
 
 TRAIN_FAST = ("--activation", "tanh", "--hidden", "8", "--epochs", "2")

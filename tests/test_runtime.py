@@ -15,7 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import zoo
 from export import to_onnx
-from export.runtime import InputError, ModelFileError, OnnxModel, TensorProtoError, read_tensor, write_tensor
+from export.bundle import write_tensor
+from export.runtime import InputError, ModelFileError, OnnxModel, TensorProtoError, read_tensor
 from export.runtime.tensor_proto import decode_tensor, encode_tensor
 
 DTYPES = ["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]

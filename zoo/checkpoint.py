@@ -7,16 +7,17 @@ The file is a `torch.save` of plain types and tensors, so it loads with `weights
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from zoo.errors import CheckpointError, ZooError
+from zoo.files import write_atomic
 
 if TYPE_CHECKING:
     from zoo.training import TrainResult
@@ -98,22 +99,14 @@ def _check_json(label: str, value: Any) -> None:
 
 
 def _write_atomic(record: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
-    """torch.save to a temporary file beside `path`, then rename it over; nothing is left on failure."""
+    """torch.save to memory, then write the file atomically; nothing is left on failure."""
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return write_atomic(path, buffer.getvalue())
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from exc
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(record, handle)
-        os.replace(temporary, path)
-    except BaseException as exc:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from exc
-        raise
-    return path
 
 
 def _first_line(exc: BaseException) -> str:

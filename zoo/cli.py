@@ -45,7 +45,7 @@ class ZooGroup(click.Group):
             return None
         try:
             return ep.load()
-        except Exception as exc:  # a broken command must not take the others down
+        except Exception as exc:  # noqa: BLE001 - a broken command must not take the others down
             return _broken_command(name, ep, exc)
 
 

@@ -10,7 +10,6 @@ import io
 import math
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 import zoo
 from zoo.errors import BadArgumentsError, ZooError
+from zoo.files import write_atomic
 from zoo.models import parse_part, seeded
 
 __all__ = ["ActivationCurve", "activation_curve", "activation_specs", "plot_activations",
@@ -154,14 +154,7 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> pathlib.Path:
     finally:
         plt.close(fig)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        write_atomic(path, buffer.getvalue())
     except OSError as exc:
         raise ZooError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
     return path

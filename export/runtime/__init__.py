@@ -6,7 +6,7 @@ verify_bundle("mlp-bundle").ok
 """
 
 from export.runtime.model import InputError, ModelFileError, OnnxModel
-from export.runtime.tensor_proto import TensorProtoError, read_tensor, write_tensor
+from export.runtime.tensor_proto import TensorProtoError, encode_tensor, read_tensor
 from export.runtime.verify import BundleError, BundleMismatchError, VerifyReport, verify_bundle
 
 __all__ = [
@@ -17,7 +17,7 @@ __all__ = [
     "OnnxModel",
     "TensorProtoError",
     "VerifyReport",
+    "encode_tensor",
     "read_tensor",
     "verify_bundle",
-    "write_tensor",
 ]

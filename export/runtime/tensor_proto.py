@@ -8,10 +8,8 @@ Written bytes are identical to ``onnx.numpy_helper.from_array(a, name).Serialize
 
 from __future__ import annotations
 
-import functools
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -211,35 +209,3 @@ def read_tensor(path: str | os.PathLike[str]) -> Tensor:
         return decode_tensor(data)
     except TensorProtoError as exc:
         raise TensorProtoError(f"{path} is not a readable TensorProto file: {exc}") from exc
-
-
-def write_tensor(path: str | os.PathLike[str], array: np.ndarray, *, name: str = "") -> pathlib.Path:
-    """Write ``array`` as a TensorProto ``.pb`` file atomically (temp file + rename) and return the path."""
-    path = pathlib.Path(path)
-    write_atomic(path, encode_tensor(array, name=name))
-    return path
-
-
-def write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write bytes to a temp file beside ``path`` and rename it over; nothing is left on failure."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(descriptor, default_mode())
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-@functools.cache
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; restored at once
-    os.umask(mask)
-    return mask
-
-
-def default_mode(*, directory: bool = False) -> int:
-    """The permissions ``open``/``mkdir`` would give (mkstemp/mkdtemp make private 0600/0700 ones)."""
-    return (0o777 if directory else 0o666) & ~_umask()
