@@ -1,6 +1,6 @@
 """Export benchmark: prints a table of ratios measured in one run (nothing is asserted).
 
-    python bench/bench_export.py [--repeat N]
+    python -m bench.bench_export [--repeat N]
 
 Targets: export + full parity check of the default MLP (in 1, out 1, hidden [64, 64], relu) under
 1 s as a whole; the torchscript export at least 20x faster than the dynamo export of the same model.
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import zoo
+from bench.common import Figure, print_table
 from export import check_parity, to_onnx
 
 TARGET_SECONDS = 1.0
@@ -32,34 +33,35 @@ def best_of(repeat: int, action: Callable[[], object]) -> float:
     return min(timings)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+def figures(repeat: int = 5) -> list[Figure]:
+    """Export and parity timings of the default MLP, measured in one run."""
     model = zoo.create_model("mlp", in_features=1, out_features=1, hidden=[64, 64], activation="relu", seed=0)
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "mlp.onnx"
-        reports = []
 
         def export_and_check() -> None:
             to_onnx(model, path)
-            reports.append(check_parity(model, path, strict=False))
+            check_parity(model, path, strict=False)
 
-        whole = best_of(args.repeat, export_and_check)
-        torchscript = best_of(args.repeat, lambda: to_onnx(model, path))
-        parity = best_of(args.repeat, lambda: check_parity(model, path, strict=False))
-        dynamo = best_of(max(1, args.repeat // 2), lambda: to_onnx(model, path, exporter="dynamo", opset=18))
-    rows = [
-        ("torchscript export", torchscript, "", ""),
-        ("full parity check", parity, "", ""),
-        ("export + parity", whole, f"< {TARGET_SECONDS:g} s", f"{TARGET_SECONDS / whole:.1f}x under"),
-        ("dynamo export", dynamo, f">= {TARGET_SPEEDUP:g}x torchscript", f"{dynamo / torchscript:.1f}x"),
+        whole = best_of(repeat, export_and_check)
+        torchscript = best_of(repeat, lambda: to_onnx(model, path))
+        parity = best_of(repeat, lambda: check_parity(model, path, strict=False))
+        dynamo = best_of(max(1, repeat // 2), lambda: to_onnx(model, path, exporter="dynamo", opset=18))
+    speedup = dynamo / torchscript
+    return [
+        Figure("torchscript export, default MLP", torchscript, "s", "-", True),
+        Figure("full parity check, default MLP", parity, "s", "-", True),
+        Figure("export + full parity check", whole, "s", f"< {TARGET_SECONDS:g} s", whole < TARGET_SECONDS),
+        Figure("dynamo export, same model", dynamo, "s", "-", True),
+        Figure("torchscript export speed-up vs dynamo", speedup, "x", f">= {TARGET_SPEEDUP:g}x",
+               speedup >= TARGET_SPEEDUP),
     ]
-    print(f"{'measurement':<22} {'seconds':>8}  {'target':<24} ratio")
-    for name, seconds, target, ratio in rows:
-        print(f"{name:<22} {seconds:8.3f}  {target:<24} {ratio}")
-    verdict = "met" if whole < TARGET_SECONDS and dynamo / torchscript >= TARGET_SPEEDUP else "NOT met"
-    print(f"targets {verdict}; parity of the default MLP: {reports[-1].summary()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    print_table("export", figures(parser.parse_args().repeat))
 
 
 if __name__ == "__main__":
