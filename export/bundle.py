@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from export import probes, special_values
-from export.onnx_export import DEFAULT_OPSET, DTYPES, ExportError, eval_copy, opset_range, to_onnx
+from export.onnx_export import DEFAULT_OPSET, ExportError, eval_copy, opset_range, to_onnx
 from export.parity import TOLERANCES, ParityError, ParityReport, check_parity
 from export.runtime import BundleError, OnnxModel, encode_tensor, verify_bundle
 from export.runtime.verify import FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FILE, SET_PREFIX, jsonable, sha256
@@ -220,17 +220,19 @@ def _write_test_data(model: torch.nn.Module, runtime: OnnxModel, out: pathlib.Pa
         set_dir = out / f"{SET_PREFIX}{index}"
         set_dir.mkdir()
         write_tensor(set_dir / "input_0.pb", chunk, name=runtime.input_name)
-        for position, (name, value) in enumerate(
-            zip(runtime.output_names, _torch_outputs(model, chunk, dtype))
-        ):
-            write_tensor(set_dir / f"output_{position}.pb", value, name=name)
+        outputs = _torch_outputs(model, chunk, dtype)
+        exact = _torch_outputs(model, chunk.astype(np.float64), "float64")
+        for position, name in enumerate(runtime.output_names):
+            write_tensor(set_dir / f"output_{position}.pb", outputs[position], name=name)
+            write_tensor(set_dir / f"reference_{position}.pb", exact[position], name=name)
     return len(chunks)
 
 
 def _torch_outputs(model: torch.nn.Module, x: np.ndarray, dtype: str) -> list[np.ndarray]:
-    """torch eager's outputs, corrected only where ``export.special_values`` documents torch is wrong."""
+    """torch eager's outputs in ``dtype`` (float64 for the referee's reference), corrected only where
+    ``export.special_values`` documents torch is wrong."""
     with (
-        eval_copy(model, DTYPES[dtype]) as torch_model,
+        eval_copy(model, getattr(torch, dtype)) as torch_model,
         special_values.corrected(torch_model),
         torch.no_grad(),
     ):

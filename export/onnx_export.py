@@ -100,6 +100,8 @@ def to_onnx(
         proto = _export(export_model, example, opset, exporter, dynamic_batch, input_names, output_names)
     if dtype == "float16" and fixes.enabled():
         proto = _round_float16(proto)
+    elif fixes.enabled():
+        proto = fixes.accumulate_float64(proto)
     _validate(proto, opset, dtype, dynamic_batch, example.shape[0], input_names, output_names)
     _set_metadata(proto, model, opset=opset, exporter=exporter, dtype=dtype, extra=metadata or {})
     path = pathlib.Path(path)

@@ -14,6 +14,7 @@ import torch
 from export import probes as probe_inputs
 from export import special_values
 from export.onnx_export import DTYPES, eval_copy
+from export.runtime.verify import referee
 from zoo.errors import ZooError
 
 # Per dtype: (rtol, atol) for np.isclose(onnx, torch).
@@ -287,32 +288,22 @@ def _output_stats(
 ) -> tuple[OutputStats, np.ndarray]:
     """Statistics and, per element, how far beyond tolerance it is (inf for NaN/inf mismatches).
 
-    With ``exact`` (the same model run in float64), the float64 referee: an element outside
-    np.isclose(actual, expected) still passes when actual is no farther from exact than expected is,
-    plus the tolerance. torch's float32 result carries its own rounding error (summation order,
-    cancellation in wide layers); where that error alone exceeds the tolerance, agreeing with
-    torch's rounding is not what "same function" means. NaN/inf positions are never refereed.
+    With ``exact`` (the same model run in float64), the float64 referee of
+    ``export.runtime.verify.referee`` clears torch's own float32 rounding and overflow.
     """
     finite = np.isfinite(expected) & np.isfinite(actual)
     nonfinite_bad = ~finite & ~_same(expected, actual)
-    overflowed = np.zeros(expected.shape, bool)
+    cleared = overflowed = np.zeros(expected.shape, bool)
     if exact is not None:
-        # torch's float32 sum overflowed although the float64 value is finite (e.g. +inf + -inf inside
-        # a layer at inputs near 1e38): torch's value is not the function's there; onnx must overflow
-        # too, or match the float64 value.
-        overflowed = nonfinite_bad & ~np.isfinite(expected) & np.isfinite(exact) & ~np.isfinite(actual)
+        cleared, overflowed = referee(actual, expected, exact, rtol=rtol, atol=atol)
         nonfinite_bad &= ~overflowed
     scale = np.abs(expected)
     with np.errstate(all="ignore"):
         abs_err = np.where(finite, np.abs(actual - expected), 0.0)
         rel_err = np.where(abs_err == 0, 0.0, abs_err / scale)
         needed_rtol = np.where(abs_err <= atol, 0.0, (abs_err - atol) / scale)
-        refereed = np.zeros(expected.shape, bool)
-        if exact is not None:
-            own = np.abs(expected - exact) + atol + rtol * np.abs(exact)
-            refereed = finite & (abs_err - (atol + rtol * scale) > 0) & (np.abs(actual - exact) <= own)
     excess = np.where(nonfinite_bad, np.inf, abs_err - (atol + rtol * scale))
-    failing = finite & (excess > 0) & ~refereed
+    failing = finite & (excess > 0) & ~cleared
     abs_f, rel_f = abs_err[finite], rel_err[finite]
     stats = OutputStats(
         name=name,
@@ -326,7 +317,7 @@ def _output_stats(
         median_rel_error=_stat(np.median, rel_f),
         p99_rel_error=_stat(_p99, rel_f),
         failing=int(failing.sum()),
-        refereed=int(refereed.sum() + overflowed.sum()),
+        refereed=int(cleared.sum() + overflowed.sum()),
         nonfinite_mismatches=int(nonfinite_bad.sum()),
         needed_atol=_stat(np.max, np.maximum(abs_f - rtol * scale[finite], 0.0)),
         needed_rtol=_stat(np.max, needed_rtol[finite]),

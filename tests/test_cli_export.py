@@ -150,8 +150,9 @@ def test_a_parity_failure_prints_the_worst_inputs_and_writes_nothing(third_party
 
 def test_a_tampered_bundle_fails_verification(bundle, tmp_path):
     copy = shutil.copytree(bundle, tmp_path / "copy")
-    y = read_tensor(copy / "test_data_set_1" / "output_0.pb").array
-    write_tensor(copy / "test_data_set_1" / "output_0.pb", y + 0.5, name="output")
+    for stem in ("output_0", "reference_0"):  # another model's expectations, float64 reference included
+        y = read_tensor(copy / "test_data_set_1" / f"{stem}.pb").array
+        write_tensor(copy / "test_data_set_1" / f"{stem}.pb", y + 0.5, name="output")
     result = run_zoo("verify", str(copy))
     assert_one_line_error(result, "FAIL", "test_data_set_1/output_0.pb")
     assert "FAIL test_data_set_1/output_0.pb" in result.stdout

@@ -173,5 +173,20 @@ def test_export_is_idempotent(tmp_path: Path) -> None:
 def test_fixes_markdown_is_current() -> None:
     path = Path(fixes.__file__).with_name("FIXES.md")
     assert path.read_text() == fixes.markdown(), "regenerate: python -c 'from export import fixes; ...'"
-    documented = {f.test for f in fixes.FIXES} | {fixes.FLOAT16_ROUNDING[-1]}
+    documented = {f.test for f in fixes.FIXES} | {fixes.FLOAT16_ROUNDING[-1], fixes.FLOAT64_SUMS[-1]}
     assert documented <= set(globals()), documented - set(globals())
+
+
+TRAINED = ["sigmoid", "elu", "celu", "hardsigmoid", "softplus", "log_sigmoid", "mish", "hardswish"]
+
+
+@pytest.mark.parametrize("activation", TRAINED)
+def test_trained_mlp_parity(tmp_path: Path, activation: str) -> None:
+    """The trained MLPs of `zoo run` that exposed inexact float32 kernels and summation order."""
+    model = zoo.create_model("mlp", activation=activation, seed=0)
+    zoo.train(model, zoo.datasets.create("nonlinear", seed=0), seed=0, progress=False)
+    with fixes.disabled():
+        upstream = to_onnx(model, tmp_path / "upstream.onnx")
+    assert not check_parity(model, upstream, strict=False).ok
+    report = check_parity(model, to_onnx(model, tmp_path / "ours.onnx"), strict=False)
+    assert report.ok, report.summary()
