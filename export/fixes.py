@@ -442,26 +442,43 @@ def accumulate_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     Where a layer's terms nearly cancel, the float32 sum depends on the order the kernel adds them
     in (onnxruntime's and torch's differ), by more than the tolerance. Summing in float64 makes the
     exported layer the correctly rounded value of torch's function, never farther from it than
-    torch's own float32 sum. Stored weights stay float32.
+    torch's own float32 sum. Weights are stored as float64 copies of the float32 values (exact), so
+    only the activations are cast at run time.
     """
+    weights = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    widened: dict[str, str] = {}
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         if node.op_type not in _SUMS:
             nodes.append(node)
             continue
-        wide_inputs = []
-        for name in node.input:
-            wide = f"{name}__f64_{len(nodes)}"
-            nodes.append(onnx.helper.make_node("Cast", [name], [wide], to=onnx.TensorProto.DOUBLE))
-            wide_inputs.append(wide)
+        node.input[:] = [_as_float64(name, weights, widened, nodes) for name in node.input]
         result = node.output[0]
-        node.input[:] = wide_inputs
         node.output[0] = f"{result}__f64"
         nodes.append(node)
         nodes.append(onnx.helper.make_node("Cast", [node.output[0]], [result], to=onnx.TensorProto.FLOAT))
+    used = {name for node in nodes for name in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used or t.name not in widened]
+    wide = [
+        onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weights[name]).astype(np.float64), wide_name)
+        for name, wide_name in widened.items()
+        if name in weights
+    ]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([*kept, *wide])
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return model
+
+
+def _as_float64(name: str, weights: dict[str, Any], widened: dict[str, str], nodes: list[onnx.NodeProto]) -> str:
+    """The float64 version of a sum's input: a stored float64 weight, or a Cast of the activation."""
+    if name in widened:
+        return widened[name]
+    widened[name] = f"{name}__f64"
+    if name not in weights:
+        nodes.append(onnx.helper.make_node("Cast", [name], [widened[name]], to=onnx.TensorProto.DOUBLE))
+    return widened[name]
 
 
 def round_float16(model: onnx.ModelProto) -> onnx.ModelProto:
