@@ -437,7 +437,8 @@ _SUMS = frozenset({"MatMul", "Gemm", "Einsum"})
 
 
 def accumulate_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Run every float32 MatMul, Gemm and Einsum in float64 and round its result once.
+    """Run every float32 MatMul, Gemm and Einsum in float64 (with the bias Add that follows it) and
+    round the result once.
 
     Where a layer's terms nearly cancel, the float32 sum depends on the order the kernel adds them
     in (onnxruntime's and torch's differ), by more than the tolerance. Summing in float64 makes the
@@ -446,17 +447,18 @@ def accumulate_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     only the activations are cast at run time.
     """
     weights = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     widened: dict[str, str] = {}
+    bias_adds: set[int] = set()
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
-        if node.op_type not in _SUMS:
+        if node.op_type in _SUMS or id(node) in bias_adds:
+            _widen_node(node, weights, widened, nodes, consumers, bias_adds)
+        else:
             nodes.append(node)
-            continue
-        node.input[:] = [_as_float64(name, weights, widened, nodes) for name in node.input]
-        result = node.output[0]
-        node.output[0] = f"{result}__f64"
-        nodes.append(node)
-        nodes.append(onnx.helper.make_node("Cast", [node.output[0]], [result], to=onnx.TensorProto.FLOAT))
     used = {name for node in nodes for name in node.input}
     kept = [t for t in model.graph.initializer if t.name in used or t.name not in widened]
     wide = [
@@ -469,6 +471,26 @@ def accumulate_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return model
+
+
+def _widen_node(
+    node: onnx.NodeProto, weights: dict[str, Any], widened: dict[str, str], nodes: list[onnx.NodeProto],
+    consumers: dict[str, list[onnx.NodeProto]], bias_adds: set[int],
+) -> None:
+    """Compute one node in float64; a bias Add right after a sum joins it before the one rounding."""
+    node.input[:] = [_as_float64(name, weights, widened, nodes) for name in node.input]
+    result = node.output[0]
+    node.output[0] = widened[result] = f"{result}__f64"
+    nodes.append(node)
+    after = consumers.get(result, [])
+    bias_add = (
+        node.op_type in _SUMS and len(after) == 1 and after[0].op_type == "Add"
+        and any(name in weights for name in after[0].input)
+    )
+    if bias_add:
+        bias_adds.add(id(after[0]))  # widened when the loop reaches it; one rounding after it
+    else:
+        nodes.append(onnx.helper.make_node("Cast", [node.output[0]], [result], to=onnx.TensorProto.FLOAT))
 
 
 def _as_float64(name: str, weights: dict[str, Any], widened: dict[str, str], nodes: list[onnx.NodeProto]) -> str:
