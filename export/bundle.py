@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from export import probes, special_values
-from export.onnx_export import DEFAULT_OPSET, ExportError, eval_copy, opset_range, to_onnx
+from export.onnx_export import DEFAULT_OPSET, ExportError, check_compute, eval_copy, opset_range, to_onnx
 from export.parity import TOLERANCES, ParityError, ParityReport, check_parity
 from export.runtime import BundleError, OnnxModel, encode_tensor, verify_bundle
 from export.runtime.verify import FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FILE, SET_PREFIX, jsonable, sha256
@@ -44,13 +44,15 @@ def write_onnx(
     exporter: str = "torchscript",
     dtype: str = "float32",
     dynamic_batch: bool = True,
+    compute: str = "auto",
     overwrite: bool = False,
 ) -> ParityReport:
     """Export ``model`` to ``path`` only if it passes the parity check (ParityError otherwise); return the report."""
     path = pathlib.Path(path)
     preflight(path, bundle=False, overwrite=overwrite, opset=opset, exporter=exporter)
     with _staged(path, directory=False) as staged:
-        to_onnx(model, staged, opset=opset, exporter=exporter, dtype=dtype, dynamic_batch=dynamic_batch)
+        to_onnx(model, staged, opset=opset, exporter=exporter, dtype=dtype, dynamic_batch=dynamic_batch,
+                compute=compute)
         os.chmod(staged, default_mode())
         report = _parity(model, staged, shown_as=path, dtype=dtype)
         _check_target(path, overwrite, directory=False)
@@ -66,6 +68,7 @@ def write_bundle(
     exporter: str = "torchscript",
     dtype: str = "float32",
     dynamic_batch: bool = True,
+    compute: str = "auto",
     parity: bool = True,
     overwrite: bool = False,
 ) -> pathlib.Path:
@@ -85,6 +88,7 @@ def write_bundle(
             exporter=exporter,
             dtype=dtype,
             dynamic_batch=dynamic_batch,
+            compute=compute,
         )
         os.chmod(model_path, default_mode())
         report = _parity(model, model_path, shown_as=out / MODEL_FILE, dtype=dtype) if parity else None
@@ -116,9 +120,13 @@ def default_opset(exporter: str) -> int:
     return min(max(DEFAULT_OPSET, low), high)
 
 
-def preflight(path: pathlib.Path, *, bundle: bool, overwrite: bool, opset: int, exporter: str) -> None:
-    """Fail before any work (training, export) on a destination or opset that cannot be written; ExportError."""
+def preflight(
+    path: pathlib.Path, *, bundle: bool, overwrite: bool, opset: int, exporter: str, dtype: str = "float32",
+    compute: str = "auto",
+) -> None:
+    """Fail before any work (training, export) on a destination, opset or compute that cannot be; ExportError."""
     _check_target(path, overwrite, directory=bundle)
+    check_compute(compute, dtype)
     low, high = opset_range(exporter)
     if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
         raise ExportError(
@@ -221,7 +229,8 @@ def _write_test_data(model: torch.nn.Module, runtime: OnnxModel, out: pathlib.Pa
         set_dir.mkdir()
         write_tensor(set_dir / "input_0.pb", chunk, name=runtime.input_name)
         outputs = _torch_outputs(model, chunk, dtype)
-        exact = _torch_outputs(model, chunk.astype(np.float64), "float64")
+        with eval_copy(model, getattr(torch, dtype)) as stored:  # float64 from the weights as exported
+            exact = _torch_outputs(stored, chunk.astype(np.float64), "float64")
         for position, name in enumerate(runtime.output_names):
             write_tensor(set_dir / f"output_{position}.pb", outputs[position], name=name)
             write_tensor(set_dir / f"reference_{position}.pb", exact[position], name=name)
@@ -269,6 +278,7 @@ def _manifest(
             "opset": opset,
             "exporter": exporter,
             "dtype": dtype,
+            "compute": runtime.metadata.get("zoo.compute"),
             "dynamic_batch": not isinstance(runtime.input_shape[0], int),
             "inputs": [{"name": runtime.input_name, "shape": _shape(runtime.input_shape), "dtype": dtype}],
             "outputs": [

@@ -6,7 +6,8 @@ exporters: as a torchscript symbolic (registered for the duration of one export)
 and rounds once, as torch's CPU kernels do (their "opmath" type). ``round_float16`` then makes
 float16 rounding explicit after every other node, because onnxruntime's CPU provider computes
 float16 chains in float32 without rounding in between, which is neither ONNX's nor torch's
-arithmetic. ``to_onnx`` applies all of it; ``disabled()`` exports upstream's lowering instead.
+arithmetic. ``compute_in_float64`` computes a float32 graph in float64 and rounds once at its
+outputs. ``to_onnx`` applies all of it; ``disabled()`` exports upstream's lowering instead.
 """
 
 from __future__ import annotations
@@ -96,18 +97,18 @@ def log_sigmoid(ops: Ops, x: Any) -> Any:
 
 
 def sigmoid(ops: Ops, x: Any) -> Any:
-    """1 / (1 + exp(-x)), rounded once from float64."""
+    """1 / (1 + exp(-x)), from Exp: onnxruntime's Sigmoid kernel is a few ulps off."""
     return _sigmoid(ops, x)
 
 
 def elu(ops: Ops, x: Any, alpha: float = 1.0, scale: float = 1.0, input_scale: float = 1.0) -> Any:
-    """torch: scale * (x where x > 0, else alpha * expm1(x * input_scale)), rounded once from float64."""
+    """torch: scale * (x where x > 0, else alpha * expm1(x * input_scale))."""
     negative = ops("Mul", ops.const(alpha), _expm1(ops, ops("Mul", x, ops.const(input_scale))))
     return ops("Mul", ops.const(scale), ops("Where", ops("Greater", x, ops.const(0.0)), x, negative))
 
 
 def hardsigmoid(ops: Ops, x: Any) -> Any:
-    """torch: clip(x + 3, 0, 6) / 6, rounded once from float64."""
+    """torch: clip(x + 3, 0, 6) / 6."""
     return ops("Div", ops("Clip", ops("Add", x, ops.const(3.0)), ops.const(0.0), ops.const(6.0)), ops.const(6.0))
 
 
@@ -191,8 +192,6 @@ class Fix:
     torchscript_args: tuple[str, ...] = ("v",)  # torch.onnx.symbolic_helper.parse_args codes
     torchscript: bool = True
     dynamo: bool = True
-    float64: bool = False  # float32 inputs are computed in float64 and rounded once
-
 
     @property
     def ours(self) -> str:
@@ -203,24 +202,24 @@ class Fix:
 FIXES: tuple[Fix, ...] = (
     Fix("softplus", softplus, "ONNX Softplus(beta*x)/beta: no threshold, so x > threshold/beta is "
         "log1p(exp) instead of x (torchscript)", "test_softplus_threshold",
-        ("v", "f", "f"), dynamo=False, float64=True),
+        ("v", "f", "f"), dynamo=False),
     Fix("log_sigmoid", log_sigmoid, "Log(Sigmoid(x)): sigmoid underflows to 0 below about -88 (-inf, "
-        "and onnxruntime's Sigmoid is inexact below -15)", "test_log_sigmoid_underflow", float64=True),
+        "and onnxruntime's Sigmoid is inexact below -15)", "test_log_sigmoid_underflow"),
     Fix("silu", silu, "x * Sigmoid(x): onnxruntime's Sigmoid has up to 460% relative error below -15",
-        "test_silu_negative_tail", float64=True),
+        "test_silu_negative_tail"),
     Fix("glu", glu, "a * Sigmoid(b): the same inexact Sigmoid, scaled by a large a", "test_glu_negative_tail",
-        ("v", "i"), float64=True),
+        ("v", "i")),
     Fix("sigmoid", sigmoid, "Sigmoid: onnxruntime's float32 kernel is a few ulps off (460% below -15), "
-        "which a trained layer after it amplifies beyond tolerance", "test_trained_mlp_parity", float64=True),
+        "which a trained layer after it amplifies beyond tolerance", "test_trained_mlp_parity"),
     Fix("elu", elu, "Elu: alpha * (exp(x) - 1) loses the digits torch's expm1 keeps near 0, amplified by "
-        "the next layer", "test_trained_mlp_parity", ("v", "f", "f", "f"), float64=True),
+        "the next layer", "test_trained_mlp_parity", ("v", "f", "f", "f")),
     Fix("hardsigmoid", hardsigmoid, "HardSigmoid computes x/6 + 1/2, not torch's clip(x + 3, 0, 6) / 6",
-        "test_trained_mlp_parity", float64=True),
+        "test_trained_mlp_parity"),
     Fix("gelu", gelu, "torchscript writes the tanh form as 0.5 * (x * (1 + tanh(..))), which overflows to "
         "inf above max/2 where torch returns x; in float16 both forms round after every step",
         "test_gelu_tanh_overflow", ("v", "s")),
     Fix("hardswish", hardswish, "ONNX HardSwish computes x/6 + 1/2, losing the exact x + 3 near the "
-        "knee at -3 that torch has (errors grow through the next layer)", "test_hardswish_knee", float64=True),
+        "knee at -3 that torch has (errors grow through the next layer)", "test_hardswish_knee"),
     Fix("hardshrink", hardshrink, "Where(x > l or x < -l, x, 0): NaN becomes 0 (torchscript)",
         "test_shrink_nan", ("v", "f"), dynamo=False),
     Fix("softshrink", softshrink, "Where chains that map NaN to 0 (torchscript)", "test_shrink_nan",
@@ -228,26 +227,29 @@ FIXES: tuple[Fix, ...] = (
     Fix("threshold", threshold, "torchscript refuses a non-zero threshold", "test_threshold_exports",
         ("v", "f", "f"), dynamo=False),
     Fix("mish", mish, "float16 only: Softplus, Tanh and Mul each round to float16 where torch rounds once",
-        "test_float16_rounds_once_inside_an_op", float64=True),
+        "test_float16_rounds_once_inside_an_op"),
     Fix("celu", celu, "float16: ONNX Celu has no float16 schema, the model is invalid; float32: exp(x) - 1 "
-        "instead of expm1 near 0", "test_celu_float16", ("v", "f"), float64=True),
+        "instead of expm1 near 0", "test_celu_float16", ("v", "f")),
     Fix("rrelu", rrelu_eval, "dynamo cannot translate rrelu_with_noise (eval mode is a fixed leaky ReLU)",
         "test_rrelu_dynamo", torchscript=False),
 )
 
 
-FLOAT64_SUMS = (
-    "MatMul, Gemm, Einsum (float32)",
+FLOAT64_COMPUTE = (
+    "every float32 node (`compute=\"float64\"`)",
     (
-        "float32 sums in onnxruntime's order, not torch's: where a trained layer's terms nearly cancel, "
-        "the two differ beyond tolerance"
+        "float32 sums and kernels in onnxruntime's order, not torch's: where a trained layer's terms "
+        "nearly cancel, the two differ beyond tolerance"
     ),
-    "the sum in float64, rounded once to float32 (accumulate_float64); weights stay float32",
+    (
+        "the graph computes in float64 and rounds once at each output (compute_in_float64), weights stored "
+        "as exact float64 copies; `compute=\"auto\"` (the default) keeps the float32 graph when it passes parity"
+    ),
     "test_trained_mlp_parity",
 )
 
 FLOAT16_ROUNDING = (
-    "every float16 node",
+    "every float16 node (`compute=\"float16\"`)",
     (
         "onnxruntime's CPU provider runs float16 nodes in float32 and drops the casts between them: "
         "hidden values skip torch's float16 rounding and can pass 65504 without becoming inf"
@@ -264,16 +266,14 @@ def markdown() -> str:
     """The table of fixes and special-value excuses pasted into the README (export/FIXES.md)."""
     from export.special_values import EXCUSES
 
-    rows = [(f"`{f.op}`", _exporters(f), f.upstream, f.ours + (" (float64)" if f.float64 else ""), f"`{f.test}`")
-            for f in FIXES]
-    for op, upstream, ours, test in (FLOAT64_SUMS, FLOAT16_ROUNDING):
+    rows = [(f"`{f.op}`", _exporters(f), f.upstream, f.ours, f"`{f.test}`") for f in FIXES]
+    for op, upstream, ours, test in (FLOAT64_COMPUTE, FLOAT16_ROUNDING):
         rows.append((op, "both", upstream, ours, f"`{test}`"))
     lines = [
         "# Export fixes",
         "",
         "Applied automatically by `export.to_onnx` (both exporters, every supported opset); each has a",
         "regression test in tests/test_fixes.py that fails on upstream's export and passes on ours.",
-        "Fixes marked float64 compute float32 inputs in float64 and round once.",
         "This file is generated by `export.fixes.markdown()`.",
         "",
         "| op | exporter | upstream behaviour | what we emit | regression test |",
@@ -316,15 +316,12 @@ def enabled() -> bool:
 
 
 def _in_opmath(fix: Fix, ops: Ops, x: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a fix's formula in a wider type and round once: float16 in float32, as torch's kernels do,
-    and float32 in float64 for the fixes marked so (onnxruntime's float32 kernels are a few ulps off
-    where torch's are within one, and wide layers amplify the difference)."""
-    source = ops.dtype_of(x)
-    wide = {"float16": "float32", "float32": "float64" if fix.float64 else "float32"}.get(source, source)
-    ops.dtype = wide
-    if wide == source:
+    """Run a fix's formula on float16 in float32 and round once, as torch's kernels do."""
+    if ops.dtype_of(x) != "float16":
+        ops.dtype = ops.dtype_of(x)
         return fix.formula(ops, x, *args, **kwargs)
-    return ops.cast(fix.formula(ops, ops.cast(x, wide), *args, **kwargs), source)
+    ops.dtype = "float32"
+    return ops.cast(fix.formula(ops, ops.cast(x, "float32"), *args, **kwargs), "float16")
 
 
 # ---------------------------------------------------------------------------- torchscript
@@ -433,74 +430,128 @@ _TYPED_OPS = frozenset({"EyeLike", "RandomNormal", "RandomNormalLike", "RandomUn
                         "Bernoulli", "Multinomial", "If", "Loop", "Scan"})
 
 
-_SUMS = frozenset({"MatMul", "Gemm", "Einsum"})
+def compute_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Compute a float32 or float16 graph in float64 and round once, at each output.
 
-
-def accumulate_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Run every float32 MatMul, Gemm and Einsum in float64 (with the bias Add that follows it) and
-    round the result once.
-
-    Where a layer's terms nearly cancel, the float32 sum depends on the order the kernel adds them
-    in (onnxruntime's and torch's differ), by more than the tolerance. Summing in float64 makes the
-    exported layer the correctly rounded value of torch's function, never farther from it than
-    torch's own float32 sum. Weights are stored as float64 copies of the float32 values (exact), so
-    only the activations are cast at run time.
+    Where a trained layer's terms nearly cancel, every float32 evaluation of it (torch's or
+    onnxruntime's, each with its own summation order and kernels) is off by more than the
+    tolerance, and the two are off differently; in float16 every node's rounding is that large.
+    Computed in float64, the exported graph gives the correctly rounded value of torch's function,
+    never farther from it than torch's own arithmetic. Weights are stored as float64 copies of the
+    model's (exact); a node that onnxruntime has no float64 kernel for runs in float32 between casts.
     """
-    weights = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    widened: dict[str, str] = {}
-    bias_adds: set[int] = set()
+    if model.functions:
+        model = onnx.inliner.inline_local_functions(model)
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.value_info, *inferred.output]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    graph = model.graph
+    outputs = {v.name: v.type.tensor_type.elem_type for v in graph.output if v.type.tensor_type.elem_type in _NARROW}
+    alias: dict[str, str] = {}  # original name -> the name its float64 value is read by
     nodes: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        if node.op_type in _SUMS or id(node) in bias_adds:
-            _widen_node(node, weights, widened, nodes, consumers, bias_adds)
-        else:
+    for value in graph.input:
+        if value.type.tensor_type.elem_type in _NARROW:
+            alias[value.name] = _cast(nodes, value.name, f"{value.name}__f64", _F64)
+    for tensor in graph.initializer:
+        if tensor.data_type in _NARROW:
+            tensor.CopyFrom(_float64_tensor(tensor))
+    for node in graph.node:
+        original = list(node.input)
+        node.input[:] = [alias.get(name, name) for name in original]
+        if node.op_type == "Cast" and _cast_target(node) in _FLOATS and types.get(original[0]) in _FLOATS:
+            alias[node.output[0]] = node.input[0]  # a rounding inside the float64 region: dropped
+            continue
+        for index, name in enumerate(node.output):
+            if name in outputs:
+                node.output[index] = alias[name] = f"{name}__f64"
+        if _has_float64_kernel(node, original, types, opset):
+            _float64_attributes(node)
             nodes.append(node)
-    used = {name for node in nodes for name in node.input}
-    kept = [t for t in model.graph.initializer if t.name in used or t.name not in widened]
-    wide = [
-        onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weights[name]).astype(np.float64), wide_name)
-        for name, wide_name in widened.items()
-        if name in weights
-    ]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend([*kept, *wide])
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+        else:
+            _in_float32(node, original, types, nodes)
+    for name, elem_type in sorted(outputs.items()):
+        _cast(nodes, alias[name], name, elem_type)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
     return model
 
 
-def _widen_node(
-    node: onnx.NodeProto, weights: dict[str, Any], widened: dict[str, str], nodes: list[onnx.NodeProto],
-    consumers: dict[str, list[onnx.NodeProto]], bias_adds: set[int],
-) -> None:
-    """Compute one node in float64; a bias Add right after a sum joins it before the one rounding."""
-    node.input[:] = [_as_float64(name, weights, widened, nodes) for name in node.input]
-    result = node.output[0]
-    node.output[0] = widened[result] = f"{result}__f64"
+_F64 = onnx.TensorProto.DOUBLE
+_NARROW = (_F16, _F32)
+_FLOATS = (_F16, _F32, _F64)
+
+
+def _cast(nodes: list[onnx.NodeProto], source: str, target: str, to: int) -> str:
+    nodes.append(onnx.helper.make_node("Cast", [source], [target], to=to))
+    return target
+
+
+def _float64_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    return onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
+
+
+def _float64_attributes(node: onnx.NodeProto) -> None:
+    """Tensors inside Constant / ConstantOfShape become float64, and so do Casts to a narrower float."""
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type in _NARROW:
+            attribute.t.CopyFrom(_float64_tensor(attribute.t))
+        elif node.op_type == "Cast" and attribute.name == "to" and attribute.i in _NARROW:
+            attribute.i = _F64
+
+
+def _in_float32(node: onnx.NodeProto, original: list[str], types: dict[str, int], nodes: list[onnx.NodeProto]) -> None:
+    """Run ``node`` on float32 casts of its float inputs and widen its float outputs back to float64."""
+    node.input[:] = [
+        _cast(nodes, name, f"{name}__f32", _F32) if types.get(source) in _NARROW else name
+        for name, source in zip(node.input, original)
+    ]
+    _to_float32_attributes(node)
+    widen = [(k, name) for k, name in enumerate(node.output) if types.get(name.removesuffix("__f64")) in _NARROW]
+    for index, name in widen:
+        node.output[index] = f"{name}__f32"
     nodes.append(node)
-    after = consumers.get(result, [])
-    bias_add = (
-        node.op_type in _SUMS and len(after) == 1 and after[0].op_type == "Add"
-        and any(name in weights for name in after[0].input)
+    for _, name in widen:
+        _cast(nodes, f"{name}__f32", name, _F64)
+
+
+def _has_float64_kernel(node: onnx.NodeProto, original: list[str], types: dict[str, int], opset: int) -> bool:
+    """Whether onnxruntime's CPU provider runs ``node`` with its float32 tensors made float64."""
+    if node.domain not in ("", "ai.onnx") or not any(types.get(name) in _NARROW for name in [*original, *node.output]):
+        return True
+    signature = tuple(types.get(name, 0) for name in original)
+    outputs = tuple(types.get(name.removesuffix("__f64"), 0) for name in node.output)
+    attributes = tuple(a.SerializeToString() for a in node.attribute)
+    return _loads_in_float64(node.op_type, opset, signature, outputs, attributes)
+
+
+@functools.cache
+def _loads_in_float64(
+    op_type: str, opset: int, inputs: tuple[int, ...], outputs: tuple[int, ...], attributes: tuple[bytes, ...]
+) -> bool:
+    import onnxruntime
+
+    def wide(elem_type: int) -> int:
+        return _F64 if elem_type in _NARROW else elem_type
+
+    node = onnx.helper.make_node(op_type, [f"i{k}" if t else "" for k, t in enumerate(inputs)],
+                                 [f"o{k}" for k in range(len(outputs))])
+    node.attribute.extend(onnx.AttributeProto.FromString(a) for a in attributes)
+    _float64_attributes(node)
+    graph = onnx.helper.make_graph(
+        [node], "probe",
+        [onnx.helper.make_tensor_value_info(f"i{k}", wide(t), None) for k, t in enumerate(inputs) if t],
+        [onnx.helper.make_tensor_value_info(f"o{k}", wide(t), None) for k, t in enumerate(outputs)],
     )
-    if bias_add:
-        bias_adds.add(id(after[0]))  # widened when the loop reaches it; one rounding after it
-    else:
-        nodes.append(onnx.helper.make_node("Cast", [node.output[0]], [result], to=onnx.TensorProto.FLOAT))
-
-
-def _as_float64(name: str, weights: dict[str, Any], widened: dict[str, str], nodes: list[onnx.NodeProto]) -> str:
-    """The float64 version of a sum's input: a stored float64 weight, or a Cast of the activation."""
-    if name in widened:
-        return widened[name]
-    widened[name] = f"{name}__f64"
-    if name not in weights:
-        nodes.append(onnx.helper.make_node("Cast", [name], [widened[name]], to=onnx.TensorProto.DOUBLE))
-    return widened[name]
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], ir_version=8)
+    try:
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - only a missing kernel means "no"; anything else is not ours to judge
+        return "NOT_IMPLEMENTED" not in str(error)
+    return True
 
 
 def round_float16(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -25,6 +25,7 @@ from zoo.files import write_atomic
 
 EXPORTERS = ("torchscript", "dynamo")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
+COMPUTE = ("auto", "float16", "float32", "float64")
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
 BATCH_AXIS = "batch"
@@ -80,6 +81,7 @@ def to_onnx(
     input_names: Sequence[str] = ("input",),
     output_names: Sequence[str] = ("output",),
     metadata: dict[str, str] | None = None,
+    compute: str = "auto",
 ) -> pathlib.Path:
     """Export ``model`` to a checked ONNX file at ``path`` (written atomically) and return the path.
 
@@ -88,32 +90,82 @@ def to_onnx(
     requested dtype and, with ``dynamic_batch``, a symbolic batch axis on every input and output.
     ``metadata_props`` hold ``zoo.config`` and ``zoo.training`` (JSON, when the model carries
     ``zoo_config`` / ``zoo_training``), ``zoo.version``, ``zoo.torch_version``, ``zoo.onnx_version``,
-    ``zoo.opset``, ``zoo.exporter``, ``zoo.dtype`` and the caller's ``metadata``.
+    ``zoo.opset``, ``zoo.exporter``, ``zoo.dtype``, ``zoo.compute`` and the caller's ``metadata``.
+
+    ``compute`` is how the graph computes: in ``dtype``, node by node as torch does (fastest; where
+    a trained layer's terms nearly cancel, onnxruntime's rounding differs from torch's beyond
+    tolerance), in ``"float64"`` with one rounding at each output (never farther from torch's exact
+    function than torch's own arithmetic), or ``"auto"``: in ``dtype`` when that passes
+    ``check_parity`` against ``model``, else in float64.
     Raises ``ExportError`` with the reason and the next step when any of that fails.
     """
     _check_exporter(exporter)
     _check_opset(opset, exporter)
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    check_compute(compute, dtype)
     example = _example_input(model, example_input, DTYPES[dtype], dynamic_batch)
     with eval_copy(model, DTYPES[dtype]) as export_model:
         proto = _export(export_model, example, opset, exporter, dynamic_batch, input_names, output_names)
-    if dtype == "float16" and fixes.enabled():
-        proto = _round_float16(proto)
-    elif fixes.enabled():
-        proto = fixes.accumulate_float64(proto)
+    if not fixes.enabled():
+        compute = dtype
+    if compute == "float64":
+        proto = fixes.compute_in_float64(proto)
+    else:
+        narrow = _narrow(proto, dtype)
+        if compute == "auto" and not _passes_parity(
+            model, narrow, example, opset, dtype, dynamic_batch, input_names, output_names
+        ):
+            compute, proto = "float64", fixes.compute_in_float64(proto)
+        else:
+            compute, proto = dtype, narrow
     _validate(proto, opset, dtype, dynamic_batch, example.shape[0], input_names, output_names)
-    _set_metadata(proto, model, opset=opset, exporter=exporter, dtype=dtype, extra=metadata or {})
+    extra = {"zoo.compute": compute, **(metadata or {})}
+    _set_metadata(proto, model, opset=opset, exporter=exporter, dtype=dtype, extra=extra)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, proto.SerializeToString())
 
 
-def _round_float16(proto: onnx.ModelProto) -> onnx.ModelProto:
+def check_compute(compute: str, dtype: str) -> None:
+    """Raise ExportError unless ``compute`` is 'auto', ``dtype`` or 'float64'."""
+    if compute not in ("auto", "float64", dtype):
+        raise ExportError(f"compute must be 'auto', {dtype!r} or 'float64' for a {dtype} export, got {compute!r}")
+
+
+def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:
+    """The graph computing in ``dtype`` as torch does: float16 rounds explicitly after every node."""
+    if dtype != "float16" or not fixes.enabled():
+        return proto
     try:
-        return fixes.round_float16(proto)
+        return fixes.round_float16(copy.deepcopy(proto))
     except ValueError as error:
         raise ExportError(f"cannot export this model in float16: {error}; export in float32") from error
+
+
+def _passes_parity(
+    model: torch.nn.Module,
+    proto: onnx.ModelProto,
+    example: torch.Tensor,
+    opset: int,
+    dtype: str,
+    dynamic_batch: bool,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+) -> bool:
+    """Whether ``proto`` passes ``check_parity`` against ``model`` (False when it cannot be probed)."""
+    import tempfile
+
+    from export.parity import check_parity
+
+    _validate(proto, opset, dtype, dynamic_batch, example.shape[0], input_names, output_names)
+    with tempfile.TemporaryDirectory(prefix="zoo-compute-") as tmp:
+        candidate = pathlib.Path(tmp) / f"{dtype}.onnx"
+        candidate.write_bytes(proto.SerializeToString())
+        try:
+            return check_parity(model, candidate, dtype=dtype, strict=False, reference=False).ok
+        except ValueError:  # no probes for this input shape: float64 needs no proof of its rounding
+            return False
 
 
 def _check_exporter(exporter: str) -> None:

@@ -173,8 +173,9 @@ def check_parity(
         raw = _run_torch(torch_model, inputs)
         with special_values.corrected(torch_model) as used:
             expected = _run_torch(torch_model, inputs) if used else raw
-    with eval_copy(model, torch.float64) as wide_model, special_values.corrected(wide_model):
-        wide = _run_torch(wide_model, [x.astype(np.float64) for x in inputs])
+        # The same function in float64: from the weights as exported (float16 rounds them).
+        with eval_copy(torch_model, torch.float64) as wide_model, special_values.corrected(wide_model):
+            wide = _run_torch(wide_model, [x.astype(np.float64) for x in inputs])
     report.excuses = [e.describe() for e in used]
     actual = [_run_session(session, x, static) for x in inputs]
     names = [o.name for o in session.get_outputs()]

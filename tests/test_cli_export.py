@@ -80,6 +80,16 @@ def test_export_a_model_name_trains_it_first(tmp_path):
     assert os.listdir(tmp_path) == ["mlp.onnx"]
 
 
+def test_export_computing_in_float64(checkpoint, tmp_path):
+    out = tmp_path / "wide.onnx"
+    result = run_zoo("export", str(checkpoint), "-o", str(out), "--compute", "float64")
+    assert result.returncode == 0, result.stderr
+    assert "(opset 17, torchscript, float32 computed in float64, dynamic batch)" in result.stdout
+    model = OnnxModel(out)
+    assert model.metadata["zoo.compute"] == "float64" and model.dtype == np.float32
+    assert model.run(np.ones((2, 3), np.float32)).dtype == np.float32
+
+
 def test_verify_a_bundle(bundle):
     result = run_zoo("verify", str(bundle))
     assert result.returncode == 0, result.stderr
@@ -169,6 +179,10 @@ def test_a_tampered_bundle_fails_verification(bundle, tmp_path):
         (("export", "{ckpt}", "-o", "{tmp}/m.onnx", "--epochs", "3"), ("--epochs", "apply to a model name")),
         (("export", "{ckpt}", "-o", "{tmp}/existing"), ("already exists", "--force")),
         (("export", "{ckpt}", "-o", "{tmp}/notes", "--test-data"), ("is not a zoo bundle",)),
+        (
+            ("export", "mlp", "-o", "{tmp}/m.onnx", "--dtype", "float16", "--compute", "float32"),
+            ("compute must be 'auto', 'float16' or 'float64' for a float16 export",),
+        ),
     ],
 )
 def test_bad_export_input_is_one_line(capsys, checkpoint, tmp_path, args, fragments):

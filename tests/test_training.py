@@ -233,3 +233,13 @@ def test_training_on_cuda_is_deterministic_and_moves_cpu_data():
         return [p.detach().cpu() for p in model.parameters()]
 
     assert all(torch.equal(a, b) for a, b in zip(run(), run()))
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["linear", "blobs", "nonlinear"])
+def test_datasets_are_the_same_numbers_on_cuda(name):
+    """One seed, one dataset: a CUDA generator would draw other numbers than the CPU's."""
+    on_gpu, on_cpu = (zoo.datasets.create(name, seed=3, device=device) for device in ("cuda", "cpu"))
+    assert on_gpu.x.device.type == "cuda" and on_gpu.y.device.type == "cuda"
+    assert torch.equal(on_gpu.x.cpu(), on_cpu.x) and torch.equal(on_gpu.y.cpu(), on_cpu.y)

@@ -61,6 +61,10 @@ class OnnxModel:
         self.output_names: list[str] = [output.name for output in outputs]
         self.output_shapes: list[tuple[int | str | None, ...]] = [tuple(output.shape) for output in outputs]
         self.metadata: dict[str, Any] = _parse_metadata(self._session.get_modelmeta().custom_metadata_map)
+        self._fixed_dims = tuple((axis, dim) for axis, dim in enumerate(self.input_shape) if isinstance(dim, int))
+        dynamic_batch_only = len(self._fixed_dims) == len(self.input_shape) - 1 and not isinstance(self.input_shape[0], int)
+        self._sample_shape = self.input_shape[1:] if dynamic_batch_only else None
+        self._infer = _direct_run(self._session)
 
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.path)!r}, input={self.input_spec}, opset={self.opset})"
@@ -73,21 +77,25 @@ class OnnxModel:
 
     def run(self, x: Any) -> np.ndarray:
         """The first output for input ``x`` (a numpy array or nested lists of shape like ``input_shape``)."""
-        return self.run_all(x)[self.output_names[0]]
+        return self._infer(self.output_names[:1], {self.input_name: self._prepare(x)})[0]
 
     def run_all(self, x: Any) -> dict[str, np.ndarray]:
         """Every output by name for input ``x``."""
-        outputs = self._session.run(None, {self.input_name: self._prepare(x)})
+        outputs = self._infer(self.output_names, {self.input_name: self._prepare(x)})
         return dict(zip(self.output_names, outputs))
 
     def _prepare(self, x: Any) -> np.ndarray:
         """``x`` as a contiguous array of the model's dtype; raises InputError when it does not fit."""
-        if isinstance(x, np.ndarray) and x.dtype == self.dtype:
+        if type(x) is np.ndarray and x.dtype == self.dtype and x.flags.c_contiguous:
             array = x
         else:
-            array = self._convert(x)
-        self._check_shape(array.shape)
-        return np.ascontiguousarray(array)
+            array = np.ascontiguousarray(self._convert(x))
+        shape = array.shape
+        if shape[1:] == self._sample_shape and len(shape) == len(self.input_shape):
+            return array
+        if len(shape) != len(self.input_shape) or any(shape[axis] != dim for axis, dim in self._fixed_dims):
+            raise InputError(f"expected input of shape {self.input_spec}, got {tuple(shape)}")
+        return array
 
     def _convert(self, x: Any) -> np.ndarray:
         try:
@@ -107,12 +115,6 @@ class OnnxModel:
                 raise InputError(f"input value {value:g} overflows {self.dtype} (largest {limit:g})")
         return converted
 
-    def _check_shape(self, shape: tuple[int, ...]) -> None:
-        fits = len(shape) == len(self.input_shape) and all(
-            not isinstance(want, int) or want == got for want, got in zip(self.input_shape, shape)
-        )
-        if not fits:
-            raise InputError(f"expected input of shape {self.input_spec}, got {tuple(shape)}")
 
 
 def _read_model_file(path: pathlib.Path) -> bytes:
@@ -163,6 +165,19 @@ def _session(
     except Exception as exc:
         reason = str(exc).split(" : ")[-1].strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"{path} is not a valid ONNX model: {reason}") from exc
+
+
+def _direct_run(session: onnxruntime.InferenceSession) -> Any:
+    """``session.run`` without its per-call checks, which ``_prepare`` already covers, on the CPU provider.
+
+    Those checks (input names, OrtValue ownership, graph capture, GPU provider fallback) cost about
+    2 us a call, a third of a small model's latency; other providers keep the checked path.
+    """
+    direct = getattr(session, "_sess", None)
+    if session.get_providers() != ["CPUExecutionProvider"] or not hasattr(direct, "run"):
+        return session.run
+    options = onnxruntime.RunOptions()
+    return lambda names, feed: direct.run(names, feed, options)
 
 
 def _parse_metadata(props: dict[str, str]) -> dict[str, Any]:
