@@ -260,3 +260,10 @@ def test_float32_only_kernels_run_between_casts(tmp_path: Path, activation: str,
     assert nodes and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in nodes)
     report = check_parity(model, path, strict=False)
     assert report.ok, report.summary()
+
+
+def test_readme_fix_table_is_current() -> None:
+    """The README's fix table is FIXES.md's, row for row."""
+    readme = (Path(fixes.__file__).parents[1] / "README.md").read_text()
+    rows = [line for line in fixes.markdown().splitlines() if line.startswith("| ") and "| --- |" not in line]
+    assert rows and all(row in readme for row in rows), [row[:60] for row in rows if row not in readme]

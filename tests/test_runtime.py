@@ -115,6 +115,19 @@ def test_run_matches_torch_and_describes_the_model(mlp3):
     assert runtime.metadata["zoo.opset"] == "17"
 
 
+def test_run_gives_what_onnxruntime_gives_for_any_memory_layout(mlp3):
+    """run() skips InferenceSession.run's per-call checks; the numbers must not change."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(mlp3[1]), providers=["CPUExecutionProvider"])
+    runtime = OnnxModel(mlp3[1])
+    base = np.random.default_rng(2).standard_normal((6, 6)).astype(np.float32)
+    for x in (base[:, :3], base[::2, ::2], np.asfortranarray(base[:, 3:]), base[:1, :3].copy()):
+        expected = session.run(None, {"input": np.ascontiguousarray(x)})[0]
+        np.testing.assert_array_equal(runtime.run(x), expected)
+        np.testing.assert_array_equal(runtime.run_all(x)["output"], expected)
+
+
 @pytest.mark.parametrize(
     ("x", "fragment"),
     [
