@@ -317,8 +317,8 @@ def enabled() -> bool:
 
 def _in_opmath(fix: Fix, ops: Ops, x: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a fix's formula on float16 in float32 and round once, as torch's kernels do."""
-    if ops.dtype_of(x) != "float16":
-        ops.dtype = ops.dtype_of(x)
+    ops.dtype = ops.dtype_of(x)
+    if ops.dtype != "float16":
         return fix.formula(ops, x, *args, **kwargs)
     ops.dtype = "float32"
     return ops.cast(fix.formula(ops, ops.cast(x, "float32"), *args, **kwargs), "float16")
@@ -420,7 +420,9 @@ def _dynamo_translation(fix: Fix, x: Any, *args: Any, **kwargs: Any) -> Any:
 
 # ---------------------------------------------------------------------------- float16 rounding
 
-_F16, _F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+_F16, _F32, _F64 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
+_NARROW = (_F16, _F32)
+_FLOATS = (_F16, _F32, _F64)
 # Ops whose float16 result is one of their (already float16) inputs, so rounding changes nothing.
 _EXACT_OPS = frozenset({
     "Abs", "Clip", "Concat", "Constant", "ConstantOfShape", "Expand", "Flatten", "Gather", "Identity",
@@ -476,11 +478,6 @@ def compute_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(nodes)
     del graph.value_info[:]
     return model
-
-
-_F64 = onnx.TensorProto.DOUBLE
-_NARROW = (_F16, _F32)
-_FLOATS = (_F16, _F32, _F64)
 
 
 def _cast(nodes: list[onnx.NodeProto], source: str, target: str, to: int) -> str:
