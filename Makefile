@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= zoo-out
 
-.PHONY: demo test parity bench lint clean
+.PHONY: demo test test-kernels parity bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,12 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 demo: $(STAMP)  ## build, train, export and verify the whole zoo into $(OUT)/
 	$(VENV)/bin/zoo run -o $(OUT)
 
-test: $(STAMP)  ## the test suite (what CI runs)
+test: $(STAMP)  ## the test suite (what CI runs), then the parity-critical tests on torch's scalar CPU kernels
 	$(PY) -m pytest -q
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m parity
+
+test-kernels: $(STAMP)  ## the parity-critical tests under every torch CPU kernel set this CPU has
+	for isa in default avx2 avx512; do ATEN_CPU_CAPABILITY=$$isa $(PY) -m pytest -q -m parity || exit 1; done
 
 parity: $(STAMP)  ## the full parity matrix: every activation x layer x exporter x opset x dtype
 	$(PY) -m export.matrix

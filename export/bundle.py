@@ -3,8 +3,10 @@
 A bundle (ONNX Model Zoo layout)::
 
     OUT/model.onnx
-    OUT/test_data_set_N/input_0.pb, output_0.pb    probe inputs and torch eager's outputs
-    OUT/manifest.json                               sha256, opset, tolerances, parity figures, versions
+    OUT/test_data_set_N/input_0.pb                  one parity probe batch each (every probe of the check)
+    OUT/test_data_set_N/output_0.pb                 the function's value, rounded to the export dtype
+    OUT/test_data_set_N/reference_0.pb, bound_0.pb  the float64 value and its error bound (export.bounds)
+    OUT/manifest.json                               sha256, opset, criterion, parity verdict, versions
 
 Everything is built beside its destination and renamed into place, so a failure (export, parity,
 disk) leaves nothing behind and an existing deliverable is replaced only when asked.
@@ -25,61 +27,83 @@ from typing import Any
 import numpy as np
 import torch
 
-from export import probes, special_values
-from export.onnx_export import DEFAULT_OPSET, ExportError, check_compute, eval_copy, opset_range, to_onnx
-from export.parity import TOLERANCES, ParityError, ParityReport, check_parity
+from export.bounds import UNIT
+from export.onnx_export import ExportError, check_compute, default_opset, opset_range, to_onnx
+from export.parity import ParityError, ParityReport, ProbeSet, parity_run
 from export.runtime import BundleError, OnnxModel, encode_tensor, verify_bundle
 from export.runtime.verify import FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FILE, SET_PREFIX, jsonable, sha256
 from zoo.files import default_mode, write_atomic
 
-# The probes replayed by a bundle: every special value and activation knee, plus ordinary and large rows.
-BUNDLE_PROBES = ("special", "boundaries", "random(scale=1, batch=7)", "random(scale=100, batch=7)")
+# Where a deliverable that failed parity is kept with --keep-on-failure: beside the asked-for path.
+FAILED_MARK = ".FAILED-PARITY"
 
 
 def write_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike[str],
     *,
-    opset: int = 17,
+    opset: int | None = None,
     exporter: str = "torchscript",
     dtype: str = "float32",
     dynamic_batch: bool = True,
-    compute: str = "auto",
+    compute: str | None = None,
     overwrite: bool = False,
+    keep_on_failure: bool = False,
 ) -> ParityReport:
-    """Export ``model`` to ``path`` only if it passes the parity check (ParityError otherwise); return the report."""
+    """Export ``model`` to ``path`` only if it passes the parity check (ParityError otherwise); return the report.
+
+    With ``keep_on_failure`` a failing model is still written, as ``<stem>.FAILED-PARITY.onnx`` beside
+    ``path`` with its report in ``<stem>.FAILED-PARITY.json``, and ParityError is raised all the same.
+    """
     path = pathlib.Path(path)
-    preflight(path, bundle=False, overwrite=overwrite, opset=opset, exporter=exporter)
+    opset = default_opset(exporter) if opset is None else opset
+    preflight(path, bundle=False, overwrite=overwrite, opset=opset, exporter=exporter, dtype=dtype, compute=compute)
     with _staged(path, directory=False) as staged:
         to_onnx(model, staged, opset=opset, exporter=exporter, dtype=dtype, dynamic_batch=dynamic_batch,
                 compute=compute)
         os.chmod(staged, default_mode())
-        report = _parity(model, staged, shown_as=path, dtype=dtype)
+        report, _ = _parity(model, staged, shown_as=path, dtype=dtype)
+        if not report.ok:
+            if keep_on_failure:
+                kept = failed_path(path)
+                write_atomic(kept.with_suffix(".json"), json.dumps(report.to_dict(), indent=2).encode())
+                os.replace(staged, kept)
+            raise ParityError(report)
         _check_target(path, overwrite, directory=False)
         os.replace(staged, path)
     return report
+
+
+def failed_path(path: pathlib.Path) -> pathlib.Path:
+    """Where ``keep_on_failure`` puts a deliverable that failed parity: clearly named, beside ``path``."""
+    if path.suffix == ".onnx":
+        return path.with_name(f"{path.stem}{FAILED_MARK}.onnx")
+    return path.with_name(f"{path.name}{FAILED_MARK}")
 
 
 def write_bundle(
     model: torch.nn.Module,
     out_dir: str | os.PathLike[str],
     *,
-    opset: int = 17,
+    opset: int | None = None,
     exporter: str = "torchscript",
     dtype: str = "float32",
     dynamic_batch: bool = True,
-    compute: str = "auto",
-    parity: bool = True,
+    compute: str | None = None,
     overwrite: bool = False,
+    keep_on_failure: bool = False,
 ) -> pathlib.Path:
     """Write a verified bundle to ``out_dir`` and return it; raises ParityError / ExportError, leaving nothing.
 
-    The export must pass ``check_parity`` (unless ``parity=False``) and the finished bundle must pass
-    ``verify_bundle`` before it is renamed into place. An existing bundle is replaced only with
-    ``overwrite``; any other existing file or non-empty directory is never touched.
+    The export must pass ``check_parity`` and the finished bundle must pass ``verify_bundle`` (the
+    same rule on the same probes) before it is renamed into place. An existing bundle is replaced
+    only with ``overwrite``; any other existing file or non-empty directory is never touched. With
+    ``keep_on_failure`` a failing bundle is still written, to ``<out_dir>.FAILED-PARITY``, and
+    ParityError is raised all the same.
     """
     out = pathlib.Path(out_dir)
-    preflight(out, bundle=True, overwrite=overwrite, opset=opset, exporter=exporter)
+    opset = default_opset(exporter) if opset is None else opset
+    preflight(out, bundle=True, overwrite=overwrite, opset=opset, exporter=exporter, dtype=dtype, compute=compute)
     with _staged(out, directory=True) as staged:
         model_path = to_onnx(
             model,
@@ -91,11 +115,15 @@ def write_bundle(
             compute=compute,
         )
         os.chmod(model_path, default_mode())
-        report = _parity(model, model_path, shown_as=out / MODEL_FILE, dtype=dtype) if parity else None
+        report, probe_set = _parity(model, model_path, shown_as=out / MODEL_FILE, dtype=dtype)
         runtime = OnnxModel(model_path)
-        sets = _write_test_data(model, runtime, staged, dtype)
+        sets = _write_test_data(probe_set, runtime, staged, dtype)
         manifest = _manifest(model, runtime, report, opset=opset, exporter=exporter, dtype=dtype, sets=sets)
         write_atomic(staged / MANIFEST, json.dumps(manifest, indent=2).encode())
+        if not report.ok:
+            if keep_on_failure:
+                _swap_in(staged, failed_path(out))
+            raise ParityError(report)
         try:
             verify_bundle(staged)
         except BundleError as exc:  # a bug here, never the user's input: say so in one line
@@ -114,15 +142,9 @@ def is_bundle(path: pathlib.Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
-def default_opset(exporter: str) -> int:
-    """The opset used when none is asked for: 17, or the exporter's lowest when that is higher (dynamo: 18)."""
-    low, high = opset_range(exporter)
-    return min(max(DEFAULT_OPSET, low), high)
-
-
 def preflight(
     path: pathlib.Path, *, bundle: bool, overwrite: bool, opset: int, exporter: str, dtype: str = "float32",
-    compute: str = "auto",
+    compute: str | None = None,
 ) -> None:
     """Fail before any work (training, export) on a destination, opset or compute that cannot be; ExportError."""
     _check_target(path, overwrite, directory=bundle)
@@ -136,13 +158,11 @@ def preflight(
 
 def _parity(
     model: torch.nn.Module, staged: pathlib.Path, *, shown_as: pathlib.Path, dtype: str
-) -> ParityReport:
-    """check_parity on the staged file, reported under the path the user asked for."""
-    report = check_parity(model, staged, dtype=dtype, strict=False)
+) -> tuple[ParityReport, ProbeSet]:
+    """The parity check of the staged file, reported under the path the user asked for."""
+    report, probe_set = parity_run(model, staged, dtype=dtype)
     report.path = str(shown_as)
-    if not report.ok:
-        raise ParityError(report)
-    return report
+    return report, probe_set
 
 
 def _check_target(path: pathlib.Path, overwrite: bool, *, directory: bool) -> None:
@@ -208,52 +228,36 @@ def _swap_in(staged: pathlib.Path, out: pathlib.Path) -> None:
         os.replace(staged, out)
 
 
-def _probe_batch(in_features: int, dtype: str) -> np.ndarray:
-    """The rows a bundle replays: the BUNDLE_PROBES of ``export.probes``, stacked."""
-    found = {p.name: p.data for p in probes.make_probes(in_features, dtype=dtype, seed=0)}
-    return np.concatenate([found[name] for name in BUNDLE_PROBES])
+def _write_test_data(probe_set: ProbeSet, runtime: OnnxModel, out: pathlib.Path, dtype: str) -> int:
+    """Write every probe batch with its reference (rounded, and float64) and bound; return how many sets.
 
-
-def _write_test_data(model: torch.nn.Module, runtime: OnnxModel, out: pathlib.Path, dtype: str) -> int:
-    """Write the probe rows and torch eager's outputs as test data sets; return how many sets."""
-    batch, features = runtime.input_shape
-    rows = _probe_batch(features, dtype)
-    if isinstance(batch, int):  # a static batch axis: one set per `batch` rows, the last one wrapped
-        count = -(-len(rows) // batch)
-        rows = np.resize(rows, (count * batch, features))
-        chunks = np.split(rows, count)
-    else:  # the whole batch, and its first row alone to replay the dynamic axis at batch 1
-        chunks = [rows, rows[:1]]
-    for index, chunk in enumerate(chunks):
+    A static batch axis takes the probe rows in sets of that size, the last one wrapped around.
+    """
+    batch = runtime.input_shape[0]
+    if isinstance(batch, int):
+        rows = len(probe_set.inputs)
+        take = [np.arange(start, start + batch) % rows for start in range(0, rows, batch)]
+    else:
+        ends = np.cumsum([p.batch for p in probe_set.batches])
+        take = [np.arange(end - p.batch, end) for p, end in zip(probe_set.batches, ends)]
+    inputs = probe_set.inputs
+    for index, rows in enumerate(take):
         set_dir = out / f"{SET_PREFIX}{index}"
         set_dir.mkdir()
-        write_tensor(set_dir / "input_0.pb", chunk, name=runtime.input_name)
-        outputs = _torch_outputs(model, chunk, dtype)
-        with eval_copy(model, getattr(torch, dtype)) as stored:  # float64 from the weights as exported
-            exact = _torch_outputs(stored, chunk.astype(np.float64), "float64")
+        write_tensor(set_dir / "input_0.pb", inputs[rows], name=runtime.input_name)
         for position, name in enumerate(runtime.output_names):
-            write_tensor(set_dir / f"output_{position}.pb", outputs[position], name=name)
-            write_tensor(set_dir / f"reference_{position}.pb", exact[position], name=name)
-    return len(chunks)
-
-
-def _torch_outputs(model: torch.nn.Module, x: np.ndarray, dtype: str) -> list[np.ndarray]:
-    """torch eager's outputs in ``dtype`` (float64 for the referee's reference), corrected only where
-    ``export.special_values`` documents torch is wrong."""
-    with (
-        eval_copy(model, getattr(torch, dtype)) as torch_model,
-        special_values.corrected(torch_model),
-        torch.no_grad(),
-    ):
-        outputs = torch_model(torch.from_numpy(x))
-    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    return [output.numpy() for output in outputs]
+            reference = probe_set.references[position][rows]
+            with np.errstate(over="ignore"):
+                write_tensor(set_dir / f"output_{position}.pb", reference.astype(dtype), name=name)
+            write_tensor(set_dir / f"reference_{position}.pb", reference, name=name)
+            write_tensor(set_dir / f"bound_{position}.pb", probe_set.bounds[position][rows], name=name)
+    return len(take)
 
 
 def _manifest(
     model: torch.nn.Module,
     runtime: OnnxModel,
-    report: ParityReport | None,
+    report: ParityReport,
     *,
     opset: int,
     exporter: str,
@@ -265,7 +269,6 @@ def _manifest(
 
     import zoo
 
-    rtol, atol = (report.rtol, report.atol) if report else TOLERANCES[dtype]
     return jsonable(
         {
             "format": FORMAT,
@@ -285,9 +288,13 @@ def _manifest(
                 {"name": name, "shape": _shape(dims), "dtype": dtype}
                 for name, dims in zip(runtime.output_names, runtime.output_shapes)
             ],
-            "tolerances": {"rtol": rtol, "atol": atol},
+            "criterion": {
+                "rule": "|actual - reference| <= bound per element; NaN where reference is NaN; "
+                        "reference's infinity where it is one; anything where bound is infinite",
+                "unit_roundoff": UNIT[dtype],
+            },
             "test_data_sets": sets,
-            "parity": {**report.to_json(), "summary": report.summary()} if report else None,
+            "parity": report.to_dict(),
             "versions": {
                 "zoo": zoo.__version__,
                 "torch": torch.__version__,

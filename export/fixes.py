@@ -52,6 +52,10 @@ class Ops:
         """Split ``value`` into two equal halves along ``axis``."""
         raise NotImplementedError
 
+    def reduce(self, op_type: str, value: Any, axis: int) -> Any:
+        """ReduceMax / ReduceSum over one axis, keeping it (axes moved from attribute to input at 13 / 18)."""
+        raise NotImplementedError
+
     def cast(self, value: Any, dtype: str) -> Any:
         """Cast to a numpy-named float dtype."""
         return self("Cast", value, to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
@@ -78,6 +82,25 @@ def _expm1(ops: Ops, x: Any) -> Any:
     return ops("Where", ops("Equal", u, one), x, ops("Where", ops("Equal", um1, ops.const(-1.0)), um1, ratio))
 
 
+def _times(ops: Ops, x: Any, factor: Any) -> Any:
+    """x * factor, and 0 where the factor vanishes at an infinite x: the limit (GELU, SiLU at -inf), not inf * 0."""
+    vanishing = ops("And", ops("Equal", factor, ops.const(0.0)), ops("Not", ops("IsNaN", x)))
+    return ops("Where", vanishing, ops.const(0.0), ops("Mul", x, factor))
+
+
+def _logistic(ops: Ops, x: Any) -> Any:
+    """sigmoid(x) from exp(-|x|), which never overflows: exact in both tails, down to subnormals."""
+    e = ops("Exp", ops("Neg", ops("Abs", x)))
+    one_plus = ops("Add", ops.const(1.0), e)
+    return ops("Where", ops("Less", x, ops.const(0.0)), ops("Div", e, one_plus), ops("Reciprocal", one_plus))
+
+
+def _shifted(ops: Ops, x: Any, dim: int) -> Any:
+    """x - max(x) along ``dim``, and 0 where x is the (possibly infinite) max: softmax's limits at +-inf."""
+    top = ops.reduce("ReduceMax", x, dim)
+    return ops("Where", ops("Equal", x, top), ops.const(0.0), ops("Sub", x, top))
+
+
 def _softplus(ops: Ops, x: Any) -> Any:
     """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow, no lost tail."""
     tail = _log1p(ops, ops("Exp", ops("Neg", ops("Abs", x))))
@@ -97,8 +120,8 @@ def log_sigmoid(ops: Ops, x: Any) -> Any:
 
 
 def sigmoid(ops: Ops, x: Any) -> Any:
-    """1 / (1 + exp(-x)), from Exp: onnxruntime's Sigmoid kernel is a few ulps off."""
-    return _sigmoid(ops, x)
+    """exp(-|x|) / (1 + exp(-|x|)) below 0, 1 / (1 + exp(-|x|)) above: accurate in both tails."""
+    return _logistic(ops, x)
 
 
 def elu(ops: Ops, x: Any, alpha: float = 1.0, scale: float = 1.0, input_scale: float = 1.0) -> Any:
@@ -112,42 +135,54 @@ def hardsigmoid(ops: Ops, x: Any) -> Any:
     return ops("Div", ops("Clip", ops("Add", x, ops.const(3.0)), ops.const(0.0), ops.const(6.0)), ops.const(6.0))
 
 
-def _sigmoid(ops: Ops, x: Any) -> Any:
-    """1 / (1 + exp(-x)), accurate to float rounding where onnxruntime's Sigmoid is not (x < -15)."""
-    return ops("Reciprocal", ops("Add", ops.const(1.0), ops("Exp", ops("Neg", x))))
-
-
 def silu(ops: Ops, x: Any) -> Any:
-    """torch: x / (1 + exp(-x)), including NaN at -inf."""
-    return ops("Div", x, ops("Add", ops.const(1.0), ops("Exp", ops("Neg", x))))
+    """x * sigmoid(x) with the accurate sigmoid: no overflow of exp(-x) below -88, and 0 at -inf."""
+    return _times(ops, x, _logistic(ops, x))
 
 
 def glu(ops: Ops, x: Any, dim: int = -1) -> Any:
-    """a * sigmoid(b) for the two halves (a, b) of ``dim``, with an accurate sigmoid."""
+    """a * sigmoid(b) for the two halves (a, b) of ``dim``, with the accurate sigmoid."""
     first, second = ops.halves(x, dim)
-    return ops("Mul", first, _sigmoid(ops, second))
+    return _times(ops, first, _logistic(ops, second))
 
 
 def mish(ops: Ops, x: Any) -> Any:
-    """torch: x * tanh(softplus(x))."""
-    return ops("Mul", x, ops("Tanh", _softplus(ops, x)))
+    """x * tanh(softplus(x)), rounded once in float16, and 0 at -inf."""
+    return _times(ops, x, ops("Tanh", _softplus(ops, x)))
+
+
+def softmax(ops: Ops, x: Any, dim: int = -1, dtype: Any = None) -> Any:
+    """exp(x - max) / sum exp(x - max), with the limits at +-inf (uniform over the infinite maxima)."""
+    e = ops("Exp", _shifted(ops, x, dim))
+    return ops("Div", e, ops.reduce("ReduceSum", e, dim))
+
+
+def log_softmax(ops: Ops, x: Any, dim: int = -1, dtype: Any = None) -> Any:
+    """(x - max) - log sum exp(x - max), with the limits at +-inf."""
+    shifted = _shifted(ops, x, dim)
+    return ops("Sub", shifted, ops("Log", ops.reduce("ReduceSum", ops("Exp", shifted), dim)))
+
+
+def selu(ops: Ops, x: Any) -> Any:
+    """torch: scale * (x where x > 0, else alpha * expm1(x)), with the accurate expm1."""
+    return elu(ops, x, 1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
 
 
 def gelu(ops: Ops, x: Any, approximate: str = "none") -> Any:
-    """(x / 2) * (1 + erf(x / sqrt 2)), or the tanh form; halving first cannot overflow."""
+    """(x / 2) * (1 + erf(x / sqrt 2)), or the tanh form: halving first cannot overflow, and 0 at -inf."""
     if approximate == "tanh":
         cube = ops("Mul", ops("Mul", x, x), x)
         inner = ops("Add", x, ops("Mul", ops.const(0.044715), cube))
         curve = ops("Tanh", ops("Mul", ops.const(math.sqrt(2.0 / math.pi)), inner))
     else:
         curve = ops("Erf", ops("Mul", x, ops.const(math.sqrt(0.5))))
-    return ops("Mul", ops("Mul", x, ops.const(0.5)), ops("Add", ops.const(1.0), curve))
+    return _times(ops, ops("Mul", x, ops.const(0.5)), ops("Add", ops.const(1.0), curve))
 
 
 def hardswish(ops: Ops, x: Any) -> Any:
-    """x * (clip(x + 3, 0, 6) / 6): torch's knee at -3 without its overflow above max/6."""
+    """x * (clip(x + 3, 0, 6) / 6): the knee at -3 without torch's overflow above max/6, and 0 at -inf."""
     ramp = ops("Clip", ops("Add", x, ops.const(3.0)), ops.const(0.0), ops.const(6.0))
-    return ops("Mul", x, ops("Div", ramp, ops.const(6.0)))
+    return _times(ops, x, ops("Div", ramp, ops.const(6.0)))
 
 
 def hardshrink(ops: Ops, x: Any, lambd: float = 0.5) -> Any:
@@ -192,6 +227,12 @@ class Fix:
     torchscript_args: tuple[str, ...] = ("v",)  # torch.onnx.symbolic_helper.parse_args codes
     torchscript: bool = True
     dynamo: bool = True
+    dynamo_ops: tuple[str, ...] = ()  # aten overloads dynamo translates, when not just ``op.default``
+
+    @property
+    def overloads(self) -> tuple[str, ...]:
+        """The aten overloads (``name.overload``) the dynamo translation table maps to the formula."""
+        return self.dynamo_ops or (f"{self.op}.default",)
 
     @property
     def ours(self) -> str:
@@ -205,10 +246,18 @@ FIXES: tuple[Fix, ...] = (
         ("v", "f", "f"), dynamo=False),
     Fix("log_sigmoid", log_sigmoid, "Log(Sigmoid(x)): sigmoid underflows to 0 below about -88 (-inf, "
         "and onnxruntime's Sigmoid is inexact below -15)", "test_log_sigmoid_underflow"),
-    Fix("silu", silu, "x * Sigmoid(x): onnxruntime's Sigmoid has up to 460% relative error below -15",
+    Fix("silu", silu, "x * Sigmoid(x): onnxruntime's Sigmoid has up to 460% relative error below -15, and "
+        "-inf * 0 = NaN at -inf (torch's x / (1 + exp(-x)) also loses everything below -88)",
         "test_silu_negative_tail"),
     Fix("glu", glu, "a * Sigmoid(b): the same inexact Sigmoid, scaled by a large a", "test_glu_negative_tail",
         ("v", "i")),
+    Fix("softmax", softmax, "Softmax: x - max is inf - inf = NaN when a row holds +inf (the limit puts all "
+        "the weight on the infinite entries)", "test_limits_at_infinity", ("v", "i", "none"),
+        dynamo_ops=("softmax.int", "_softmax.default")),
+    Fix("log_softmax", log_softmax, "LogSoftmax: NaN for a row holding +inf, like Softmax",
+        "test_limits_at_infinity", ("v", "i", "none"), dynamo_ops=("log_softmax.int", "_log_softmax.default")),
+    Fix("selu", selu, "Selu: scale * alpha * (exp(x) - 1) loses every digit of expm1 near 0 (0 for |x| < 1e-8)",
+        "test_selu_near_zero"),
     Fix("sigmoid", sigmoid, "Sigmoid: onnxruntime's float32 kernel is a few ulps off (460% below -15), "
         "which a trained layer after it amplifies beyond tolerance", "test_trained_mlp_parity"),
     Fix("elu", elu, "Elu: alpha * (exp(x) - 1) loses the digits torch's expm1 keeps near 0, amplified by "
@@ -216,17 +265,19 @@ FIXES: tuple[Fix, ...] = (
     Fix("hardsigmoid", hardsigmoid, "HardSigmoid computes x/6 + 1/2, not torch's clip(x + 3, 0, 6) / 6",
         "test_trained_mlp_parity"),
     Fix("gelu", gelu, "torchscript writes the tanh form as 0.5 * (x * (1 + tanh(..))), which overflows to "
-        "inf above max/2 where torch returns x; in float16 both forms round after every step",
+        "inf above max/2; both forms give -inf * 0 = NaN at -inf, where the limit is 0; in float16 both "
+        "round after every step",
         "test_gelu_tanh_overflow", ("v", "s")),
     Fix("hardswish", hardswish, "ONNX HardSwish computes x/6 + 1/2, losing the exact x + 3 near the "
-        "knee at -3 that torch has (errors grow through the next layer)", "test_hardswish_knee"),
+        "knee at -3 (errors grow through the next layer); -inf * 0 = NaN at -inf", "test_hardswish_knee"),
     Fix("hardshrink", hardshrink, "Where(x > l or x < -l, x, 0): NaN becomes 0 (torchscript)",
         "test_shrink_nan", ("v", "f"), dynamo=False),
     Fix("softshrink", softshrink, "Where chains that map NaN to 0 (torchscript)", "test_shrink_nan",
         ("v", "f"), dynamo=False),
     Fix("threshold", threshold, "torchscript refuses a non-zero threshold", "test_threshold_exports",
         ("v", "f", "f"), dynamo=False),
-    Fix("mish", mish, "float16 only: Softplus, Tanh and Mul each round to float16 where torch rounds once",
+    Fix("mish", mish, "-inf * 0 = NaN at -inf, where the limit is 0; in float16 Softplus, Tanh and Mul each "
+        "round to float16",
         "test_float16_rounds_once_inside_an_op"),
     Fix("celu", celu, "float16: ONNX Celu has no float16 schema, the model is invalid; float32: exp(x) - 1 "
         "instead of expm1 near 0", "test_celu_float16", ("v", "f")),
@@ -237,15 +288,12 @@ FIXES: tuple[Fix, ...] = (
 
 FLOAT64_COMPUTE = (
     "every float32 node (`compute=\"float64\"`)",
+    "(an option, never the default) float32 arithmetic is only as close to exact as its error bound",
     (
-        "float32 sums and kernels in onnxruntime's order, not torch's: where a trained layer's terms "
-        "nearly cancel, the two differ beyond tolerance"
+        "on request only: the graph computes in float64 and rounds once at each output (compute_in_float64), "
+        "weights stored as exact float64 copies; tract refuses it and OpenVINO runs it in float32"
     ),
-    (
-        "the graph computes in float64 and rounds once at each output (compute_in_float64), weights stored "
-        "as exact float64 copies; `compute=\"auto\"` (the default) keeps the float32 graph when it passes parity"
-    ),
-    "test_trained_mlp_parity",
+    "test_float64_graph_rounds_once",
 )
 
 FLOAT16_ROUNDING = (
@@ -263,9 +311,7 @@ FLOAT16_ROUNDING = (
 
 
 def markdown() -> str:
-    """The table of fixes and special-value excuses pasted into the README (export/FIXES.md)."""
-    from export.special_values import EXCUSES
-
+    """The table of fixes pasted into the README (export/FIXES.md)."""
     rows = [(f"`{f.op}`", _exporters(f), f.upstream, f.ours, f"`{f.test}`") for f in FIXES]
     for op, upstream, ours, test in (FLOAT64_COMPUTE, FLOAT16_ROUNDING):
         rows.append((op, "both", upstream, ours, f"`{test}`"))
@@ -279,15 +325,6 @@ def markdown() -> str:
         "| op | exporter | upstream behaviour | what we emit | regression test |",
         "| --- | --- | --- | --- | --- |",
         *(" | ".join(("", *row, "")).strip() for row in rows),
-        "",
-        "## Special-value excuses",
-        "",
-        "The only differences from torch that parity accepts: torch itself is mathematically wrong there",
-        "(tests/test_parity.py shows torch's value and our ONNX's true value for each).",
-        "",
-        "| plugin | inputs | torch gives | true value | why |",
-        "| --- | --- | --- | --- | --- |",
-        *(f"| `{e.plugin}` | {e.inputs} | {e.torch_gives} | {e.truth} | {e.why} |" for e in EXCUSES),
         "",
     ]
     return "\n".join(lines)
@@ -349,6 +386,12 @@ class _TorchScriptOps(Ops):
             return self.graph.op("Split", value, axis_i=axis, num_outputs_i=2, outputs=2)
         return self.graph.op("Split", value, axis_i=axis, outputs=2)
 
+    def reduce(self, op_type: str, value: Any, axis: int) -> Any:
+        if op_type == "ReduceSum" or self.graph.opset >= 18:
+            axes = self.graph.op("Constant", value_t=torch.tensor([axis], dtype=torch.int64))
+            return self.graph.op(op_type, value, axes, keepdims_i=1)
+        return self.graph.op(op_type, value, axes_i=[axis], keepdims_i=1)
+
     @staticmethod
     def _torch_dtype(value: Any) -> torch.dtype:
         from torch.onnx import JitScalarType
@@ -402,6 +445,12 @@ class _DynamoOps(Ops):
     def halves(self, value: Any, axis: int) -> tuple[Any, Any]:
         return tuple(self("Split", value, axis=axis, num_outputs=2))
 
+    def reduce(self, op_type: str, value: Any, axis: int) -> Any:
+        import onnx_ir
+
+        axes = self("Constant", value=onnx_ir.tensor(np.array([axis], dtype=np.int64)))
+        return self(op_type, value, axes, keepdims=1)
+
 
 def dynamo_translations() -> dict[Callable, Callable]:
     """The dynamo ``custom_translation_table`` (opset 18 onnxscript; empty inside ``disabled()``)."""
@@ -410,7 +459,9 @@ def dynamo_translations() -> dict[Callable, Callable]:
     table: dict[Callable, Callable] = {}
     for fix in FIXES:
         if fix.dynamo:
-            table[getattr(torch.ops.aten, fix.op).default] = functools.partial(_dynamo_translation, fix)
+            for overload in fix.overloads:
+                packet, name = overload.split(".")
+                table[getattr(getattr(torch.ops.aten, packet), name)] = functools.partial(_dynamo_translation, fix)
     return table
 
 

@@ -25,7 +25,7 @@ from zoo.files import write_atomic
 
 EXPORTERS = ("torchscript", "dynamo")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
-COMPUTE = ("auto", "float16", "float32", "float64")
+COMPUTE = ("float16", "float32", "float64")
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
 BATCH_AXIS = "batch"
@@ -73,7 +73,7 @@ def to_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike[str],
     *,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     exporter: str = "torchscript",
     dynamic_batch: bool = True,
     example_input: torch.Tensor | None = None,
@@ -81,44 +81,38 @@ def to_onnx(
     input_names: Sequence[str] = ("input",),
     output_names: Sequence[str] = ("output",),
     metadata: dict[str, str] | None = None,
-    compute: str = "auto",
+    compute: str | None = None,
 ) -> pathlib.Path:
     """Export ``model`` to a checked ONNX file at ``path`` (written atomically) and return the path.
 
     The graph is exported in eval mode with the fixes of ``export.fixes`` applied, checked with
     ``onnx.checker`` (full check) and shape inference, and must declare exactly ``opset``, the
     requested dtype and, with ``dynamic_batch``, a symbolic batch axis on every input and output.
-    ``metadata_props`` hold ``zoo.config`` and ``zoo.training`` (JSON, when the model carries
-    ``zoo_config`` / ``zoo_training``), ``zoo.version``, ``zoo.torch_version``, ``zoo.onnx_version``,
-    ``zoo.opset``, ``zoo.exporter``, ``zoo.dtype``, ``zoo.compute`` and the caller's ``metadata``.
+    ``opset`` defaults to ``default_opset(exporter)``. ``metadata_props`` hold ``zoo.config`` and
+    ``zoo.training`` (JSON, when the model carries ``zoo_config`` / ``zoo_training``; no timings or
+    devices), ``zoo.version``, ``zoo.torch_version``, ``zoo.onnx_version``, ``zoo.opset``,
+    ``zoo.exporter``, ``zoo.dtype``, ``zoo.compute`` and the caller's ``metadata``: the same model
+    exported twice gives the same bytes, on any machine with the same packages.
 
-    ``compute`` is how the graph computes: in ``dtype``, node by node as torch does (fastest; where
-    a trained layer's terms nearly cancel, onnxruntime's rounding differs from torch's beyond
-    tolerance), in ``"float64"`` with one rounding at each output (never farther from torch's exact
-    function than torch's own arithmetic), or ``"auto"``: in ``dtype`` when that passes
-    ``check_parity`` against ``model``, else in float64.
+    ``compute`` is how the graph computes: in ``dtype`` (the default), node by node, or on request
+    in ``"float64"`` with one rounding at each output (runtimes without float64 kernels, such as
+    OpenVINO's CPU plugin and tract, refuse or narrow it).
     Raises ``ExportError`` with the reason and the next step when any of that fails.
     """
     _check_exporter(exporter)
+    opset = default_opset(exporter) if opset is None else opset
     _check_opset(opset, exporter)
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    compute = compute or dtype
     check_compute(compute, dtype)
     example = _example_input(model, example_input, DTYPES[dtype], dynamic_batch)
     with eval_copy(model, DTYPES[dtype]) as export_model:
         proto = _export(export_model, example, opset, exporter, dynamic_batch, input_names, output_names)
     if not fixes.enabled():
         compute = dtype
-    if compute == "float64":
-        proto = fixes.compute_in_float64(proto)
-    else:
-        narrow = _narrow(proto, dtype)
-        if compute == "auto" and not _passes_parity(
-            model, narrow, example, opset, dtype, dynamic_batch, input_names, output_names
-        ):
-            compute, proto = "float64", fixes.compute_in_float64(proto)
-        else:
-            compute, proto = dtype, narrow
+    proto = fixes.compute_in_float64(proto) if compute == "float64" else _narrow(proto, dtype)
+    _strip_machine_facts(proto)
     _validate(proto, opset, dtype, dynamic_batch, example.shape[0], input_names, output_names)
     extra = {"zoo.compute": compute, **(metadata or {})}
     _set_metadata(proto, model, opset=opset, exporter=exporter, dtype=dtype, extra=extra)
@@ -127,10 +121,32 @@ def to_onnx(
     return write_atomic(path, proto.SerializeToString())
 
 
-def check_compute(compute: str, dtype: str) -> None:
-    """Raise ExportError unless ``compute`` is 'auto', ``dtype`` or 'float64'."""
-    if compute not in ("auto", "float64", dtype):
-        raise ExportError(f"compute must be 'auto', {dtype!r} or 'float64' for a {dtype} export, got {compute!r}")
+def default_opset(exporter: str = "torchscript") -> int:
+    """The opset used when none is asked for: 17, or the exporter's lowest when that is higher (dynamo: 18)."""
+    low, high = opset_range(exporter)
+    return min(max(DEFAULT_OPSET, low), high)
+
+
+def check_compute(compute: str | None, dtype: str) -> None:
+    """Raise ExportError unless ``compute`` is None, ``dtype`` or 'float64'."""
+    if compute not in (None, "float64", dtype):
+        raise ExportError(f"compute must be {dtype!r} or 'float64' for a {dtype} export, got {compute!r}")
+
+
+# Node metadata the dynamo exporter writes that names files on the exporting machine.
+MACHINE_NODE_METADATA = ("pkg.torch.onnx.stack_trace",)
+# Training record fields that describe the run, not the model.
+MACHINE_TRAINING_FIELDS = ("seconds", "device")
+
+
+def _strip_machine_facts(proto: onnx.ModelProto) -> None:
+    """Drop what would make the file depend on the machine that wrote it (source paths of the exporter)."""
+    graphs = [proto.graph, *(f for f in proto.functions)]
+    for graph in graphs:
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key not in MACHINE_NODE_METADATA]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
 
 
 def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:
@@ -141,31 +157,6 @@ def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:
         return fixes.round_float16(copy.deepcopy(proto))
     except ValueError as error:
         raise ExportError(f"cannot export this model in float16: {error}; export in float32") from error
-
-
-def _passes_parity(
-    model: torch.nn.Module,
-    proto: onnx.ModelProto,
-    example: torch.Tensor,
-    opset: int,
-    dtype: str,
-    dynamic_batch: bool,
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-) -> bool:
-    """Whether ``proto`` passes ``check_parity`` against ``model`` (False when it cannot be probed)."""
-    import tempfile
-
-    from export.parity import check_parity
-
-    _validate(proto, opset, dtype, dynamic_batch, example.shape[0], input_names, output_names)
-    with tempfile.TemporaryDirectory(prefix="zoo-compute-") as tmp:
-        candidate = pathlib.Path(tmp) / f"{dtype}.onnx"
-        candidate.write_bytes(proto.SerializeToString())
-        try:
-            return check_parity(model, candidate, dtype=dtype, strict=False, reference=False).ok
-        except ValueError:  # no probes for this input shape: float64 needs no proof of its rounding
-            return False
 
 
 def _check_exporter(exporter: str) -> None:
@@ -358,9 +349,11 @@ def _set_metadata(
         "zoo.exporter": exporter,
         "zoo.dtype": dtype,
     }
-    for key, attribute in (("zoo.config", "zoo_config"), ("zoo.training", "zoo_training")):
-        if isinstance(getattr(model, attribute, None), dict):
-            props[key] = json.dumps(getattr(model, attribute), sort_keys=True)
+    if isinstance(getattr(model, "zoo_config", None), dict):
+        props["zoo.config"] = json.dumps(model.zoo_config, sort_keys=True)
+    if isinstance(getattr(model, "zoo_training", None), dict):
+        training = {k: v for k, v in model.zoo_training.items() if k not in MACHINE_TRAINING_FIELDS}
+        props["zoo.training"] = json.dumps(training, sort_keys=True)
     props.update({str(key): str(value) for key, value in extra.items()})
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)

@@ -1,10 +1,12 @@
 """Parity probe inputs that cover the whole float range, not only ``randn``.
 
 Every probe is a ``(batch, in_features)`` array in the export dtype. Together they cover random
-batches at several scales, a dense sweep over [-120, 120], a log sweep out to the dtype's largest
-finite value, the activation boundaries with their float neighbours, and the special values
-(signed zeros, subnormals, exp under/overflow points, huge values, infinities, NaN) in every
-feature column. Every batch size in ``BATCH_SIZES`` runs through the dynamic batch axis.
+batches at several scales, a fine sweep over the training range [-10, 10], a dense sweep over
+[-120, 120], a log sweep out to the dtype's largest finite value, every activation knee (the
+common ones and the model's own float parameters: thresholds, slopes, lambdas) with a fine grid
+and its float neighbours around it, and the special values (signed zeros, subnormals, exp
+under/overflow points, huge values, infinities, NaN) in every feature column. Every batch size in
+``BATCH_SIZES`` runs through the dynamic batch axis.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ BATCH_SIZES = (1, 2, 7, 64)
 SCALES = (1e-3, 1e-1, 1.0, 10.0, 1e2, 1e3)
 SWEEP_LIMIT = 120.0
 SWEEP_STEP = 0.05
+FINE_LIMIT = 10.0  # the training range of the synthetic datasets, and more
+FINE_STEP = 0.005
+LOG_POINTS = 1000
+KNEE_GRID = np.linspace(-0.1, 0.1, 201)  # around each knee, beside its float neighbours
+NEIGHBOURS = 3  # float neighbours on each side of a knee
+# Module attributes that place a knee (torch.nn's names; a plugin that uses them is probed there too).
+KNEE_PARAMETERS = frozenset({"threshold", "beta", "lambd", "alpha", "min_val", "max_val", "value",
+                             "negative_slope", "lower", "upper", "b"})
 # Where common activations switch branches: Softshrink/Hardshrink lambda, Hardtanh/ReLU6 and
 # Hardswish/Hardsigmoid knees, Threshold's default, Softplus' default and beta=2/threshold=5 cut.
 BOUNDARIES = (0.0, 0.1, 0.5, 1.0, 2.5, 3.0, 5.0, 6.0, 10.0, 20.0)
@@ -63,26 +73,50 @@ def special_values(dtype: str) -> np.ndarray:
     return np.unique(signed.view(_uint(dtype))).view(dtype)  # unique by bits keeps -0.0 and NaN
 
 
-def boundary_values(dtype: str) -> np.ndarray:
-    """Each activation knee, its float neighbours, and their negatives."""
-    knees = np.array(BOUNDARIES, dtype=dtype)
-    up = np.nextafter(knees, np.array(np.inf, dtype=dtype))
-    down = np.nextafter(knees, np.array(-np.inf, dtype=dtype))
-    values = np.concatenate([knees, up, down])
-    return np.concatenate([values, -values])
+def boundary_values(dtype: str, knees: tuple[float, ...] = ()) -> np.ndarray:
+    """Each knee (BOUNDARIES and ``knees``), a fine grid around it, its float neighbours, and their negatives."""
+    points = np.unique(np.array([*BOUNDARIES, *knees], dtype=dtype))
+    points = points[np.isfinite(points)]
+    values = [points, (points[:, None] + KNEE_GRID.astype(dtype)).ravel()]
+    up = down = points
+    for _ in range(NEIGHBOURS):
+        up = np.nextafter(up, np.array(np.inf, dtype=dtype))
+        down = np.nextafter(down, np.array(-np.inf, dtype=dtype))
+        values += [up, down]
+    values = np.concatenate(values).astype(dtype)
+    return np.unique(np.concatenate([values, -values]))
 
 
 def sweep_values(dtype: str) -> np.ndarray:
-    """A dense linear sweep over [-120, 120] plus a log sweep out to the dtype's max."""
+    """A fine sweep over the training range, a dense one over [-120, 120], a log sweep out to the dtype's max."""
+    fine = np.arange(-FINE_LIMIT, FINE_LIMIT + FINE_STEP / 2, FINE_STEP)
     linear = np.arange(-SWEEP_LIMIT, SWEEP_LIMIT + SWEEP_STEP / 2, SWEEP_STEP)
     info = np.finfo(dtype)
     top = np.log10(float(info.max))
-    logs = np.logspace(np.log10(float(info.smallest_normal)), top, 400)
-    return np.concatenate([linear, logs, -logs]).astype(dtype)
+    logs = np.logspace(np.log10(float(info.smallest_normal)), top, LOG_POINTS)
+    with np.errstate(over="ignore"):
+        values = np.concatenate([fine, linear, logs, -logs]).astype(dtype)
+    return values[np.isfinite(values)]
 
 
-def make_probes(in_features: int, *, dtype: str = "float32", seed: int = 0) -> list[Probe]:
-    """All probes for a model taking ``(batch, in_features)`` inputs, deterministic in ``seed``."""
+def knees_of(model: object) -> tuple[float, ...]:
+    """The float parameters of a model's modules (thresholds, lambdas, slopes, betas): where its pieces meet."""
+    found: set[float] = set()
+    for module in getattr(model, "modules", lambda: [model])():
+        for name, value in vars(module).items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if name in KNEE_PARAMETERS and number and np.isfinite(value):
+                found.add(float(value))
+                beta = getattr(module, "beta", None)
+                if name == "threshold" and isinstance(beta, (int, float)) and beta:
+                    found.add(value / beta)  # softplus switches at beta * x = threshold
+    return tuple(sorted(found))
+
+
+def make_probes(in_features: int, *, dtype: str = "float32", seed: int = 0,
+                knees: tuple[float, ...] = ()) -> list[Probe]:
+    """All probes for a model taking ``(batch, in_features)`` inputs, deterministic in ``seed``;
+    ``knees`` adds the model's own (``knees_of(model)``) to the boundaries."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     rng = np.random.default_rng(seed)
@@ -91,7 +125,7 @@ def make_probes(in_features: int, *, dtype: str = "float32", seed: int = 0) -> l
         for scale, batch in itertools.product(SCALES, BATCH_SIZES)
     ]
     probes.append(Probe("sweep", _as_rows(sweep_values(dtype), in_features)))
-    probes.append(Probe("boundaries", _fill_columns(boundary_values(dtype), in_features)))
+    probes.append(Probe("boundaries", _fill_columns(boundary_values(dtype, knees), in_features)))
     probes.append(Probe("special", _fill_columns(special_values(dtype), in_features)))
     return probes
 

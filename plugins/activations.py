@@ -2,11 +2,15 @@
 
 Each keeps torch's parameters and defaults, except where torch has no usable default:
 Softmax, LogSoftmax and Softmin normalise over the last dimension (torch: an implicit,
-deprecated choice), and Threshold defaults to torch's documented example (0.1, 20.0).
+deprecated choice), Threshold defaults to torch's documented example (0.1, 20.0), and Softsign
+gives its limits +-1 at +-inf where torch's computes inf / inf.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 from torch.nn import (
     CELU,
@@ -29,7 +33,6 @@ from torch.nn import (
     SiLU,
     Softplus,
     Softshrink,
-    Softsign,
     Tanh,
     Tanhshrink,
 )
@@ -84,6 +87,13 @@ class Softmin(nn.Softmin):
 
     def __init__(self, dim: int = -1) -> None:
         super().__init__(dim=dim)
+
+
+class Softsign(nn.Softsign):
+    """x / (1 + |x|), and its limits +-1 at +-inf (torch.nn.Softsign gives inf / inf = NaN there)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x.abs() == math.inf, x.sign(), super().forward(x))
 
 
 class Threshold(nn.Threshold):

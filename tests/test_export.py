@@ -165,3 +165,18 @@ def test_float16_file_has_float16_io_and_weights(tmp_path: Path, mlp: nn.Module)
 def test_names_are_the_callers(tmp_path: Path, mlp: nn.Module) -> None:
     proto = onnx.load(to_onnx(mlp, tmp_path / "m.onnx", input_names=("x",), output_names=("y",)))
     assert [v.name for v in proto.graph.input] == ["x"] and [v.name for v in proto.graph.output] == ["y"]
+
+
+@pytest.mark.parametrize(("exporter", "opset"), [("torchscript", 17), ("dynamo", 18)])
+def test_the_default_opset_follows_the_exporter(tmp_path: Path, mlp: nn.Module, exporter: str, opset: int) -> None:
+    path = to_onnx(mlp, tmp_path / "m.onnx", exporter=exporter)
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props}["zoo.opset"] == str(opset)
+
+
+def test_the_default_graph_computes_in_its_own_dtype(tmp_path: Path, mlp: nn.Module) -> None:
+    """No Cast to double and no double initializer: tract and OpenVINO run it as it is."""
+    graph = onnx.load(str(to_onnx(mlp, tmp_path / "m.onnx"))).graph
+    assert all(t.data_type == onnx.TensorProto.FLOAT for t in graph.initializer)
+    assert not [n for n in graph.node if n.op_type == "Cast"]
+    with pytest.raises(ExportError, match="compute must be"):
+        to_onnx(mlp, tmp_path / "x.onnx", compute="auto")

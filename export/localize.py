@@ -1,0 +1,94 @@
+"""Explain a parity failure by its node: the first torch module whose ONNX value leaves its bound.
+
+Like polygraphy's ``--onnx-outputs mark all`` and ``torch.onnx.verification.find_mismatch``: every
+intermediate value of the graph becomes an output, the failing input runs through onnxruntime
+with optimisations off, and each leaf module's output (in call order, from ``export.bounds`` with
+its bound) is compared with the value of the last ONNX node the exporter wrote inside that
+module's scope. The first one outside its bound is where the wrong lowering sits.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import numpy as np
+import onnx
+import torch
+
+from export import bounds
+from export.runtime.compare import OutputVerdict, compare_output
+
+SCOPES = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's node metadata: ['', 'fc0', 'linear']
+
+
+def first_failing_node(model: torch.nn.Module, proto: onnx.ModelProto, probe_set: object,
+                       verdicts: list[OutputVerdict], dtype: str) -> str | None:
+    """One line naming the first ONNX node (and its torch module) whose value leaves its bound, or why not."""
+    bad = next((v for v in verdicts if not v.ok and v.worst), None)
+    if bad is None:
+        return None
+    row = bad.worst.index[0]
+    x = probe_set.inputs[row:row + 1]
+    try:
+        run = bounds.bounded_run(model, x, dtype=dtype, modules=True)
+        values, producers = _every_value(proto, x)
+    except Exception as error:  # noqa: BLE001 - an explanation must never hide the verdict it explains
+        return f"could not localise the failure: {type(error).__name__}: {error}"
+    for module in run.modules:
+        node = _last_node_of(proto, module.name, values, module.value.shape)
+        if node is None:
+            continue
+        value = values[node.output[0]]
+        verdict = compare_output(node.output[0], value, module.value, module.bound, dtype=str(value.dtype))
+        if not verdict.ok:
+            return (f"first node out of its bound: {node.op_type} {node.name!r}, the output of torch module "
+                    f"{module.name!r} ({module.kind}): {verdict.describe()}")
+    last = producers.get(bad.name)
+    where = f"{last.op_type} {last.name!r}" if last is not None else repr(bad.name)
+    return f"every module's value is within its bound; the error appears at the output node {where}"
+
+
+def _every_value(proto: onnx.ModelProto, x: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, onnx.NodeProto]]:
+    """Every node output of the graph on input ``x`` (onnxruntime, no optimisations), and who produced it."""
+    import onnxruntime
+
+    marked = onnx.ModelProto()
+    marked.CopyFrom(proto)
+    inferred = onnx.shape_inference.infer_shapes(marked).graph
+    types = {v.name: v for v in [*inferred.value_info, *inferred.output]}
+    existing = {o.name for o in marked.graph.output}
+    for node in marked.graph.node:
+        for name in node.output:
+            if name and name not in existing and name in types and types[name].type.HasField("tensor_type"):
+                marked.graph.output.append(types[name])
+                existing.add(name)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(marked.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    outputs = session.run(names, {session.get_inputs()[0].name: x})
+    producers = {name: node for node in proto.graph.node for name in node.output}
+    return dict(zip(names, outputs)), producers
+
+
+def _last_node_of(proto: onnx.ModelProto, module: str, values: dict[str, np.ndarray],
+                  shape: tuple[int, ...]) -> onnx.NodeProto | None:
+    """The last float node inside ``module``'s scope whose value has the module output's shape."""
+    found = None
+    for node in proto.graph.node:
+        value = values.get(node.output[0]) if node.output else None
+        if (_scope(node) == module and value is not None and value.shape == shape
+                and np.issubdtype(value.dtype, np.floating)):
+            found = node
+    return found
+
+
+def _scope(node: onnx.NodeProto) -> str | None:
+    """The module path a node was exported from: torchscript names nodes '/fc0/Gemm', dynamo records scopes."""
+    for prop in node.metadata_props:
+        if prop.key == SCOPES:
+            return ".".join(ast.literal_eval(prop.value)[1:-1])
+    if node.name.startswith("/"):
+        return ".".join(node.name.split("/")[1:-1])
+    return None
