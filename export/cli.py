@@ -18,9 +18,8 @@ from typing import Any
 import click
 
 import zoo
-from zoo.cli import emit_json, model_training_options, train_from_options
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+from zoo.cli import CHECKPOINT_SUFFIXES, emit_json, model_training_options, train_from_options
+from zoo.files import check_output, parents_made
 
 
 @contextlib.contextmanager
@@ -121,14 +120,18 @@ def export_command(
     --keep-on-failure), the worst input and the first ONNX node out of its bound are printed and
     the exit status is 1.
     """
-    from export.bundle import failed_path, preflight, write_bundle, write_onnx
+    from export.bundle import failed_path, is_bundle, preflight, write_bundle, write_onnx
     from export.onnx_export import default_opset
     from export.parity import ParityError
 
     started = time.perf_counter()
     opset = default_opset(exporter) if opset is None else opset
-    preflight(out, bundle=test_data, overwrite=force, opset=opset, exporter=exporter, dtype=dtype,
-              compute=compute)  # before training
+    check_output(out, suffixes=() if test_data else (".onnx",), what="an ONNX model", directory=test_data)
+    if out.exists() and not force and (is_bundle(out) if test_data else out.is_file()):
+        raise click.ClickException(f"{out} already exists; pass --force to replace it")
+    with parents_made(out):  # missing directories are created, as every zoo command does
+        preflight(out, bundle=test_data, overwrite=force, opset=opset, exporter=exporter, dtype=dtype,
+                  compute=compute)  # before training
     model, trained = _model(ctx, source, training, progress=False if as_json else None)
     _progress(f"exporting to {out} (opset {opset}, {exporter}, {dtype}) and checking parity ...")
     options = {"opset": opset, "exporter": exporter, "dtype": dtype, "dynamic_batch": not static_batch,
@@ -201,7 +204,8 @@ def _model(
 
 def _is_path(source: str) -> bool:
     """A checkpoint path rather than a model name: an existing file, a path with a separator, a .pt name."""
-    return os.path.exists(source) or os.sep in source or "/" in source or source.endswith(CHECKPOINT_SUFFIXES)
+    suffixes = (*CHECKPOINT_SUFFIXES, ".onnx")  # an .onnx is no model name: load_checkpoint says what it is
+    return os.path.exists(source) or os.sep in source or "/" in source or source.endswith(suffixes)
 
 
 def _bundle_parity(out: pathlib.Path) -> dict[str, Any]:
@@ -253,9 +257,9 @@ def verify_command(bundle: pathlib.Path, runtime: str, as_json: bool) -> None:
         for output in report.outputs:
             click.echo(f"  {'ok' if output.ok else 'FAIL':4} {output.describe()}")
     if not report.ok:
-        raise click.ClickException(report.summary())
+        raise click.ClickException(f"{report.verdict()} {report.path} [{runtime}]: {report.worst()}")
     if not as_json:
-        click.echo(report.summary())
+        click.echo(f"PASS {report.path} [{runtime}, {report.test_data_sets} test data sets]")
 
 
 # -- zoo predict ----------------------------------------------------------------------------------
@@ -297,6 +301,8 @@ def predict_command(
 
     if (input_path is None) == (not values):
         raise click.UsageError("give the input either as VALUES or with --input x.npy (one of them)")
+    if output is not None:
+        check_output(output, suffixes=(".npy", ".npz"), what="a numpy output")
     with _one_line_errors():
         model = OnnxModel(model_path / MODEL_FILE if model_path.is_dir() else model_path)
         x = _read_input(input_path) if input_path is not None else _rows(model, values)
@@ -352,6 +358,8 @@ def _read_input(path: pathlib.Path) -> Any:
         raise click.ClickException(f"cannot read {path} as a .npy array: {exc}") from exc
     if not isinstance(array, np.ndarray):
         raise click.ClickException(f"{path} is an .npz archive; give one array as a .npy file")
+    if array.ndim == 0 or len(array) == 0:
+        raise click.ClickException(f"{path} holds no rows (shape {array.shape}); give at least one input row")
     return array
 
 

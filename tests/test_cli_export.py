@@ -165,8 +165,9 @@ def test_a_tampered_bundle_fails_verification(bundle, tmp_path):
         y = read_tensor(copy / "test_data_set_1" / f"{stem}.pb").array
         write_tensor(copy / "test_data_set_1" / f"{stem}.pb", y + 0.5, name="output")
     result = run_zoo("verify", str(copy))
-    assert_one_line_error(result, "FAIL", "worst (finite)", "of its bound")
-    assert "FAIL output 'output'" in result.stdout and "FAIL" not in result.stdout.replace("FAIL output", "")
+    assert_one_line_error(result, "FAIL", "worst (finite) of output 'output'", "at row")
+    assert "FAIL output 'output'" in result.stdout and "of its bound" in result.stdout
+    assert "of its bound" not in result.stderr  # the details once, on stdout; the verdict once, on stderr
 
 
 @pytest.mark.parametrize(
@@ -175,10 +176,12 @@ def test_a_tampered_bundle_fails_verification(bundle, tmp_path):
         (("export", "mpl", "-o", "{tmp}/m.onnx"), ("unknown model 'mpl'", "did you mean 'mlp'")),
         (("export", "mlp", "-o", "{tmp}/m.onnx", "--opset", "99"), ("opset 99", "13..")),
         (("export", "mlp", "-o", "{tmp}/m.onnx", "--exporter", "dynamo", "--opset", "17"), ("choose 18..",)),
-        (("export", "mlp", "-o", "{tmp}/no/such/dir/m.onnx"), ("does not exist",)),
+        (("export", "mlp", "-o", "{tmp}/no/such/dir/m.onnx", "--opset", "99"), ("opset 99",)),  # no dir left
+        (("export", "{ckpt}", "-o", "{tmp}/existing/m.onnx"), ("existing is a file, not a directory",)),
+        (("export", "{ckpt}", "-o", "{tmp}/m"), ("an ONNX model file ends in .onnx (e.g. m.onnx)",)),
         (("export", "{tmp}/nope.pt", "-o", "{tmp}/m.onnx"), ("no checkpoint file",)),
         (("export", "{ckpt}", "-o", "{tmp}/m.onnx", "--epochs", "3"), ("--epochs", "apply to a model name")),
-        (("export", "{ckpt}", "-o", "{tmp}/existing"), ("already exists", "--force")),
+        (("export", "{ckpt}", "-o", "{tmp}/notes/keep.txt"), ("ends in .onnx",)),
         (("export", "{ckpt}", "-o", "{tmp}/notes", "--test-data"), ("is not a zoo bundle",)),
         (
             ("export", "mlp", "-o", "{tmp}/m.onnx", "--dtype", "float16", "--compute", "float32"),
@@ -210,8 +213,10 @@ def test_bad_export_input_is_one_line(capsys, checkpoint, tmp_path, args, fragme
         (("predict", "{model}", "--input", "{tmp}/words.npy"), ("(batch, 3) float32", "dtype <U")),
         (("predict", "{model}", "--input", "{tmp}/truncated.onnx"), ("cannot read", "as a .npy array")),
         (("predict", "{model}", "--input", "{tmp}/none.npy"), ("no such input file",)),
-        (("predict", "{model}", "1", "2", "3", "-o", "{tmp}/no/dir/y.npy"), ("cannot write", "No such file")),
-        (("predict", "{model}", "1", "2", "3", "-o", "{tmp}/adir"), ("cannot write", "adir")),
+        (("predict", "{model}", "1", "2", "3", "-o", "{tmp}/x.npy/y.npy"), ("x.npy is a file, not a directory",)),
+        (("predict", "{model}", "1", "2", "3", "-o", "{tmp}/adir"), ("cannot write", "adir: it is a directory")),
+        (("predict", "{model}", "1", "2", "3", "-o", "{tmp}/y.txt"), ("ends in .npy or .npz (e.g. y.npy)",)),
+        (("predict", "{model}", "--input", "{tmp}/empty.npy"), ("empty.npy holds no rows (shape (0, 3))",)),
         (
             ("predict", "{model}", "1", "2", "3", "--input", "{tmp}/x.npy"),
             ("either as VALUES or with --input",),
@@ -226,11 +231,28 @@ def test_bad_predict_and_verify_input_is_one_line(capsys, bundle, tmp_path, args
     (tmp_path / "truncated.onnx").write_bytes((bundle / "model.onnx").read_bytes()[:300])
     np.save(tmp_path / "x.npy", np.zeros((4, 2), np.float32))
     np.save(tmp_path / "words.npy", np.array([["a", "b", "c"]]))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3), np.float32))
     (tmp_path / "adir").mkdir()
     before = sorted(os.listdir(tmp_path))
     args = [a.format(tmp=tmp_path, model=bundle / "model.onnx") for a in args]
     assert_one_line_error(zoo_here(capsys, *args), *fragments)
     assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "adir") == []
+
+
+def test_export_creates_missing_directories_and_replaces_only_with_force(capsys, checkpoint, tmp_path):
+    out = tmp_path / "new" / "dir" / "m.onnx"
+    assert zoo_here(capsys, "export", str(checkpoint), "-o", str(out)).returncode == 0 and out.is_file()
+    again = zoo_here(capsys, "export", str(checkpoint), "-o", str(out))
+    assert_one_line_error(again, f"{out} already exists; pass --force to replace it")
+    assert "overwrite=True" not in again.stderr
+    assert zoo_here(capsys, "export", str(checkpoint), "-o", str(out), "--force").returncode == 0
+
+
+def test_export_of_an_onnx_file_says_it_is_no_checkpoint(capsys, bundle, tmp_path):
+    shutil.copy(bundle / "model.onnx", tmp_path / "model.onnx")
+    result = zoo_here(capsys, "export", str(tmp_path / "model.onnx"), "-o", str(tmp_path / "again.onnx"))
+    assert_one_line_error(result, "model.onnx is an ONNX model, not a checkpoint")
+    assert len(result.stderr) < 200 + len(str(tmp_path))
 
 
 def test_help_states_the_values_rule(capsys):

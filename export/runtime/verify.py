@@ -75,15 +75,24 @@ class VerifyReport:
 
     def summary(self) -> str:
         """One line: verdict, runtime, the worst element in units of its bound, failures per class."""
-        verdict = "PASS" if self.ok else ("FAIL (NaN/inf only)" if self.finite_ok else "FAIL")
         details = "; ".join(o.describe() for o in self.outputs)
-        line = f"{verdict} {self.path} [{self.runtime}, {self.test_data_sets} test data sets]: {details}"
-        bad = next((o for o in self.outputs if not o.ok and o.worst), None)
-        if bad is not None:
-            w = bad.worst
-            line += (f"; worst ({w.element_class}): expected {w.reference!r} +- {w.bound:.3g}, got {w.actual!r} "
-                     f"at row {w.index[0]}")
-        return line
+        line = f"{self.verdict()} {self.path} [{self.runtime}, {self.test_data_sets} test data sets]: {details}"
+        return line + (f"; {self.worst()}" if self.worst() else "")
+
+    def verdict(self) -> str:
+        """PASS, FAIL, or FAIL (NaN/inf only) when every finite value is within its bound."""
+        return "PASS" if self.ok else ("FAIL (NaN/inf only)" if self.finite_ok else "FAIL")
+
+    def worst(self) -> str | None:
+        """The worst failing element of the first failing output, as text."""
+        bad = next((o for o in self.outputs if not o.ok), None)
+        if bad is None:
+            return None
+        if bad.problem or bad.worst is None:
+            return bad.describe()
+        w = bad.worst
+        return (f"worst ({w.element_class}) of output {bad.name!r}: expected {w.reference!r} +- {w.bound:.3g}, "
+                f"got {w.actual!r} at row {w.index[0]}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (non-finite floats become the strings 'nan', 'inf', '-inf')."""
