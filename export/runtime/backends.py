@@ -65,9 +65,11 @@ def _openvino(path: pathlib.Path) -> Runner:
 def _tract(path: pathlib.Path) -> Runner:
     import tract
 
-    model = tract.onnx().model_for_path(str(path)).into_optimized().into_runnable()
+    # tract >= 0.21: load() gives an InferenceModel, into_model() types and optimises it; the
+    # symbolic batch axis stays symbolic, so one runnable serves every batch size.
+    model = tract.onnx().load(str(path)).into_model().into_runnable()
 
     def run(x: np.ndarray) -> list[np.ndarray]:
-        return [np.asarray(value.to_numpy()) for value in model.run([x])]
+        return [np.asarray(value.to_numpy()) for value in model.run([np.ascontiguousarray(x)])]
 
     return run
