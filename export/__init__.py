@@ -10,10 +10,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from export.bundle import write_bundle, write_onnx
     from export.onnx_export import ExportError, to_onnx
     from export.parity import ParityError, ParityReport, check_parity
 
-__all__ = ["ExportError", "ParityError", "ParityReport", "check_parity", "to_onnx"]
+__all__ = ["ExportError", "ParityError", "ParityReport", "check_parity", "to_onnx", "write_bundle", "write_onnx"]
 
 _HOME = {
     "ExportError": "export.onnx_export",
@@ -21,6 +22,8 @@ _HOME = {
     "ParityError": "export.parity",
     "ParityReport": "export.parity",
     "check_parity": "export.parity",
+    "write_bundle": "export.bundle",
+    "write_onnx": "export.bundle",
 }
 
 

@@ -32,7 +32,7 @@ from export.onnx_export import ExportError, check_compute, default_opset, opset_
 from export.parity import ParityError, ParityReport, ProbeSet, parity_run
 from export.runtime import BundleError, OnnxModel, encode_tensor, verify_bundle
 from export.runtime.verify import FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FILE, SET_PREFIX, jsonable, sha256
-from zoo.files import default_mode, write_atomic
+from zoo.files import default_mode, parents_made, write_atomic
 
 # Where a deliverable that failed parity is kept with --keep-on-failure: beside the asked-for path.
 FAILED_MARK = ".FAILED-PARITY"
@@ -58,7 +58,7 @@ def write_onnx(
     path = pathlib.Path(path)
     opset = default_opset(exporter) if opset is None else opset
     preflight(path, bundle=False, overwrite=overwrite, opset=opset, exporter=exporter, dtype=dtype, compute=compute)
-    with _staged(path, directory=False) as staged:
+    with parents_made(path), _staged(path, directory=False) as staged:
         to_onnx(model, staged, opset=opset, exporter=exporter, dtype=dtype, dynamic_batch=dynamic_batch,
                 compute=compute)
         os.chmod(staged, default_mode())
@@ -104,7 +104,7 @@ def write_bundle(
     out = pathlib.Path(out_dir)
     opset = default_opset(exporter) if opset is None else opset
     preflight(out, bundle=True, overwrite=overwrite, opset=opset, exporter=exporter, dtype=dtype, compute=compute)
-    with _staged(out, directory=True) as staged:
+    with parents_made(out), _staged(out, directory=True) as staged:
         model_path = to_onnx(
             model,
             staged / MODEL_FILE,
@@ -168,7 +168,7 @@ def _parity(
 def _check_target(path: pathlib.Path, overwrite: bool, *, directory: bool) -> None:
     """Refuse a destination that would lose someone's data; say what to do instead."""
     if not path.parent.is_dir():
-        raise ExportError(f"cannot write {path}: directory {path.parent} does not exist")
+        return  # created when the deliverable is renamed into place (zoo.files.parents_made)
     if not os.access(path.parent, os.W_OK):
         raise ExportError(f"cannot write {path}: directory {path.parent} is not writable")
     if not path.exists():
@@ -181,7 +181,7 @@ def _check_target(path: pathlib.Path, overwrite: bool, *, directory: bool) -> No
     elif path.is_dir():
         raise ExportError(f"{path} is a directory; give an .onnx file path (or --test-data for a bundle)")
     if not overwrite:
-        raise ExportError(f"{path} already exists; pass --force (overwrite=True) to replace it")
+        raise ExportError(f"{path} already exists; pass overwrite=True to replace it")
 
 
 def write_tensor(path: str | os.PathLike[str], array: np.ndarray, *, name: str = "") -> pathlib.Path:

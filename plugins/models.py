@@ -35,6 +35,10 @@ def mlp(
     output_activation: Factory | str | None = None,
 ) -> nn.Sequential:
     """Multi-layer perceptron: linear layers with an activation after each hidden one."""
+    if not isinstance(hidden, Sequence) or isinstance(hidden, str) or not all(
+        isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in hidden
+    ):
+        raise ValueError(f"hidden must be a list of positive layer widths, e.g. [64, 64], got {hidden!r}")
     parts: list[tuple[str, nn.Module]] = []
     width = in_features
     for i, size in enumerate(hidden):

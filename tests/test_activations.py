@@ -10,6 +10,8 @@ import torch
 
 import zoo
 
+pytestmark = pytest.mark.parity  # torch's own kernels: must hold under every ATEN_CPU_CAPABILITY
+
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
@@ -146,16 +148,19 @@ LIMITS = {
     "softsign": (-1.0, 1.0), "tanh": (-1.0, 1.0), "tanhshrink": (-math.inf, math.inf),
     "threshold": (20.0, math.inf),
 }
-TORCH_NAN_AT_INF = {"gelu": (True, True), "hardswish": (True, False), "mish": (True, False),
-                    "silu": (True, False), "softsign": (True, True)}
+# torch computes these as x * (something that vanishes), which is inf * 0 = NaN at an infinite x on
+# some CPU kernels and not on others (GELU at +inf: NaN on the AVX-512 path, +inf on AVX2 and scalar).
+# Either is accepted here; the parity check judges torch by the limit and reports it (test_parity).
+TORCH_MAY_GIVE_NAN = {"gelu", "hardswish", "mish", "silu"}
 
 
 @pytest.mark.parametrize("name", sorted(LIMITS))
-def test_infinite_inputs_give_the_limits_or_a_documented_nan(name):
+def test_infinite_inputs_give_the_limits(name):
     got = zoo.activations.create(name).eval()(torch.tensor([-math.inf, math.inf, math.nan])).tolist()
     assert math.isnan(got[2])
-    for value, limit, torch_nan in zip(got[:2], LIMITS[name], TORCH_NAN_AT_INF.get(name, (False, False))):
-        assert math.isnan(value) if torch_nan else value == pytest.approx(limit, rel=1e-6)
+    for value, limit in zip(got[:2], LIMITS[name]):
+        if not (name in TORCH_MAY_GIVE_NAN and math.isnan(value)):
+            assert value == pytest.approx(limit, rel=1e-6)
 
 
 def test_limits_cover_every_elementwise_builtin():

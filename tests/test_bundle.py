@@ -82,7 +82,7 @@ def test_layout_and_manifest(bundle):
 
 
 def test_test_data_are_every_probe_of_the_export_time_check(bundle):
-    model, out = bundle
+    _, out = bundle
     manifest = manifest_of(out)
     rows = [read_tensor(out / f"test_data_set_{i}" / "input_0.pb").array for i in range(manifest["test_data_sets"])]
     x = np.concatenate(rows)
@@ -236,9 +236,13 @@ def test_keep_on_failure_keeps_the_failing_deliverable_clearly_marked(tmp_path):
 def test_an_export_failure_leaves_nothing_behind(tmp_path):
     with pytest.raises(ExportError, match="opset 99"):
         write_bundle(tanh_mlp(), tmp_path / "b", opset=99)
-    with pytest.raises(ExportError, match="does not exist"):
-        write_bundle(tanh_mlp(), tmp_path / "missing" / "b")
+    with pytest.raises(ExportError, match="opset 99"):
+        write_bundle(tanh_mlp(), tmp_path / "missing" / "b", opset=99)
     assert os.listdir(tmp_path) == []
+    assert verify_bundle(write_bundle(tanh_mlp(), tmp_path / "made" / "b")).ok  # missing parents are created
+    with pytest.raises(ParityError):
+        write_bundle(SignFlip(), tmp_path / "gone" / "b")
+    assert os.listdir(tmp_path) == ["made"]  # and removed again when nothing is written
 
 
 def test_existing_outputs_are_replaced_only_when_asked(bundle, tmp_path):

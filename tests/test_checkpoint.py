@@ -41,7 +41,7 @@ def test_the_file_is_plain_data_loadable_with_weights_only(trained, tmp_path):
     record = torch.load(zoo.save_checkpoint(tmp_path / "m.pt", model, result), weights_only=True)
     assert record["format"] == "zoo.checkpoint" and record["version"] == 1
     assert record["config"] == {"name": "linear_regression", "in_features": 1, "out_features": 1,
-                                "layer": "einsum_linear"}
+                                "layer": "einsum_linear", "seed": 0}
     assert record["training"]["dataset"]["name"] == "linear" and record["training"]["recipe"]["name"] == "notes"
     assert record["training"]["metrics"] == result.metrics
     assert record["versions"] == {"zoo": zoo.__version__, "torch": torch.__version__}
@@ -87,7 +87,7 @@ def test_a_missing_file_is_a_clear_error(tmp_path):
 def test_a_truncated_file_is_a_clear_error(trained, tmp_path):
     path = zoo.save_checkpoint(tmp_path / "m.pt", *trained)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="is not a readable zoo checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a zoo checkpoint: truncated"):
         zoo.load_checkpoint(path)
 
 
@@ -96,7 +96,7 @@ def test_a_truncated_file_is_a_clear_error(trained, tmp_path):
     [
         ({"weights": torch.zeros(2)}, "is a torch file but not a zoo checkpoint"),
         ([1, 2, 3], "is a torch file but not a zoo checkpoint"),
-        (nn.Linear(1, 1), "is not a readable zoo checkpoint"),  # a pickled module: weights_only refuses it
+        (nn.Linear(1, 1), "holds pickled Python objects, which zoo never loads$"),  # weights_only refuses it
         ({"format": "zoo.checkpoint", "version": 99}, "has checkpoint version 99; this zoo reads 1"),
         ({"format": "zoo.checkpoint", "version": 1, "config": {"name": "no_such_model"}, "state_dict": {}},
          "cannot rebuild its model .*unknown model 'no_such_model'"),
@@ -114,8 +114,38 @@ def test_a_foreign_torch_file_is_a_clear_error(content, message, tmp_path):
 def test_a_text_file_is_a_clear_error(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("not a checkpoint\n")
-    with pytest.raises(CheckpointError, match="is not a readable zoo checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a zoo checkpoint: truncated, or not written by"):
         zoo.load_checkpoint(path)
+
+
+def test_a_corrupt_checkpoint_is_one_short_line_without_torch_advice(tmp_path):
+    model = zoo.create_model("linear_regression", seed=0)
+    data = zoo.save_checkpoint(tmp_path / "whole.pt", model).read_bytes()
+    for cut in (len(data) // 2, len(data) - 10):
+        path = tmp_path / f"cut{cut}.pt"
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError) as caught:
+            zoo.load_checkpoint(path)
+        message = str(caught.value)
+        assert "\n" not in message and "weights_only" not in message and len(message) < 200 + len(str(path))
+
+
+def test_an_onnx_model_is_named_as_such_not_as_a_bad_checkpoint(tmp_path):
+    from export import to_onnx
+
+    model = zoo.create_model("linear_regression", seed=0)
+    onnx_path = to_onnx(model, tmp_path / "lin.onnx")
+    for path in (onnx_path, tmp_path / "renamed.pt"):
+        path.write_bytes(onnx_path.read_bytes())
+        with pytest.raises(CheckpointError, match="is an ONNX model, not a checkpoint"):
+            zoo.load_checkpoint(path)
+
+
+def test_the_seed_is_in_zoo_config_and_rebuilds_the_same_weights():
+    net = zoo.create_model("mlp", hidden=[4], seed=7)
+    assert net.zoo_config["seed"] == 7
+    rebuilt = zoo.create_model(**net.zoo_config)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), rebuilt.state_dict().values()))
 
 
 @cuda

@@ -32,8 +32,53 @@ def test_list_one_kind_as_json():
     result = run_zoo("list", "layers", "--json")
     rows = json.loads(result.stdout)
     assert [row["name"] for row in rows] == ["einsum_linear", "linear", "param_linear"]
-    assert {row["status"] for row in rows} == {"ok"}
+    assert {row["status"] for row in rows} == {"unchecked"}  # nothing imported without --check
     assert rows[0]["distribution"].startswith("zoo ")
+    assert rows[1]["aliases"] == ["dense", "fc"] and "torch.nn.Linear" in rows[1]["description"]
+    checked = json.loads(run_zoo("list", "layers", "--json", "--check").stdout)
+    assert {row["status"] for row in checked} == {"ok"}
+
+
+def test_list_filters_by_pattern_and_shows_aliases_and_descriptions():
+    result = run_zoo("list", "activations", "soft*")
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert names == ["softmax", "softmin", "softplus", "softshrink", "softsign"]
+    assert "Applies the Softplus function element-wise." in result.stdout
+    every_kind = run_zoo("list", "*linear*").stdout
+    assert "param_linear (matmul_linear)" in every_kind and "linear_regression (linreg)" in every_kind
+    assert "activations" not in every_kind
+    assert_one_line_error(run_zoo("list", "layers", "zz*"), "no layer matches 'zz*'")
+
+
+def test_show_prints_the_real_parameters_with_defaults():
+    sigmoid = run_zoo("show", "sigmoid").stdout
+    assert "signature:    sigmoid()\n" in sigmoid and "*args" not in sigmoid
+    mlp = run_zoo("show", "mlp").stdout
+    assert "hidden: Sequence[int] = (64, 64)" in mlp and "-> " not in mlp
+
+
+def test_help_shows_whole_descriptions_and_bare_zoo_prints_usage():
+    result = run_zoo("--help")
+    commands = " ".join(result.stdout.split("Commands:")[1].split())
+    assert "..." not in commands and "prove it computes the same numbers as torch." in commands
+    bare = run_zoo()
+    assert bare.returncode == 0 and bare.stdout.startswith("Usage: zoo") and "error" not in bare.stderr
+
+
+def test_every_error_the_readme_names_is_importable_from_zoo():
+    import zoo
+
+    for name in ("UnknownNameError", "BadArgumentsError", "DuplicateNameError", "PluginLoadError",
+                 "TrainingError", "DivergenceError", "DeviceError", "CheckpointError", "OutputError"):
+        assert issubclass(getattr(zoo, name), zoo.ZooError), name
+
+
+def test_export_names_a_public_way_to_write_a_bundle():
+    import export
+
+    assert {"write_bundle", "write_onnx"} <= set(export.__all__)
+    assert callable(export.write_bundle) and callable(export.write_onnx)
 
 
 def test_show_describes_a_plugin():
@@ -48,7 +93,8 @@ def test_show_describes_a_plugin():
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (("list", "gadgets"), ("Invalid value", "gadgets")),
+        (("list", "gadgets"), ("unknown kind 'gadgets'",)),
+        (("list", "activation"), ("unknown kind 'activation'", "did you mean 'activations'")),
         (("show", "gelo"), ("unknown plugin 'gelo'", "did you mean", "'gelu'")),
         (("show", "relu", "--kind", "layers"), ("unknown layer 'relu'",)),
         (("frobnicate",), ("No such command 'frobnicate'",)),
@@ -61,13 +107,14 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(args, fragments):
 def test_broken_plugin_is_listed_as_broken_not_fatal(third_party):
     third_party("zoo-broken", {"zoo.activations": {"broken": "zoo_broken_mod:Nope"}},
                 {"zoo_broken_mod.py": "raise ImportError('deliberately broken')\n"}, version="0.3")
+    assert run_zoo("list", "activations", "--json").returncode == 0  # nothing imported: nothing known broken
     listed = run_zoo("list", "activations", "--check", "--json")
-    assert listed.returncode == 0, listed.stderr
+    assert_one_line_error(listed, "1 of 28 plugins are broken or in conflict: broken")
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
     assert rows["broken"]["status"] == "broken" and "deliberately broken" in rows["broken"]["error"]
     assert "zoo-broken 0.3" in rows["broken"]["error"] and rows["relu"]["status"] == "ok"
     table = run_zoo("list", "--check")
-    assert table.returncode == 0 and "[broken]" in table.stdout
+    assert table.returncode == 1 and "[broken]" in table.stdout
     assert_one_line_error(run_zoo("show", "broken"), "broken = zoo_broken_mod:Nope", "deliberately broken")
 
 
@@ -77,6 +124,7 @@ def test_conflicting_plugins_are_listed_as_a_conflict(third_party):
     rows = {row["name"]: row for row in json.loads(run_zoo("list", "layers", "--json").stdout)}
     assert rows["twin"]["status"] == "conflict"
     assert "dist-a" in rows["twin"]["error"] and "dist-b" in rows["twin"]["error"]
+    assert_one_line_error(run_zoo("list", "layers", "--check"), "broken or in conflict: twin")
 
 
 def test_a_broken_command_plugin_does_not_break_the_others(third_party):

@@ -33,10 +33,10 @@ def test_train_linear_regression_json_and_checkpoint(capsys, tmp_path):
     assert code == 0 and err == ""
     report = json.loads(out)
     assert report["model"] == {"name": "linear_regression", "in_features": 1, "out_features": 1,
-                               "layer": "einsum_linear"}
+                               "layer": "einsum_linear", "seed": 0}
     assert report["dataset"]["name"] == "linear" and report["recipe"]["name"] == "default"
     assert abs(report["parameters"]["weight"][0][0] - 10) < 0.01 and abs(report["parameters"]["bias"][0] - 5) < 0.05
-    assert report["checkpoint"] == str(path) and len(report["history"]) == report["recipe"]["epochs"]
+    assert report["checkpoint"] == str(path) and len(report["history"]) <= report["recipe"]["epochs"]
     loaded = zoo.load_checkpoint(path)
     assert loaded.weight.item() == report["parameters"]["weight"][0][0]
 
@@ -72,6 +72,9 @@ def test_activation_hidden_and_dataset_arguments(capsys):
         (["--activation", "softplus:beta=[1]"], "values must be numbers, true/false/null or words"),
         (["--hidden", "64,x"], "Invalid value for '--hidden': '64,x' is not a comma-separated list"),
         (["--hidden", "0"], "is not a comma-separated list of positive integers"),
+        (["--hidden", "64,,64"], "'64,,64' is not a comma-separated list of positive integers"),
+        (["--device", "cpu:1"], "'cpu:1' is not a device: use auto, cpu, cuda or cuda:N"),
+        (["--device", "gpu"], "'gpu' is not a device"),
         (["--epochs", "many"], "Invalid value for '--epochs'"),
     ],
 )
@@ -89,9 +92,11 @@ def test_bad_option_values_are_usage_errors(capsys, args, message):
         (["linear_regression", "--optimizer", "adamw", "--epochs", "0"], "epochs must be an integer >= 1, got 0"),
         (["linear_regression", "--dataset", "blob"], "unknown dataset 'blob'; did you mean 'blobs'"),
         (["linear_regression", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
-        (["linear_regression", "--device", "gpu"], "unknown device 'gpu'"),
         (["mlp", "--activation", "nope"], "unknown activation 'nope'"),
         (["perceptron"], "unknown model 'perceptron'"),
+        (["linreg", "--optimizer", "adamm"], "did you mean 'adam', 'adamw'? (choose from adam, adamw, lbfgs, sgd)"),
+        (["linreg", "--layer", "lineer"], "did you mean 'linear'"),
+        (["linreg", "--layer", "lineer"], "(see `zoo list layers`)"),
     ],
 )
 def test_bad_requests_are_one_line_errors(capsys, tmp_path, args, message):
@@ -107,6 +112,34 @@ def test_divergence_is_one_line_and_writes_nothing(capsys, tmp_path):
                          "--weight-decay", "0", "-o", str(path))
     assert code == 1 and out == "" and not path.exists() and list(tmp_path.iterdir()) == []
     assert "training diverged" in err and "at step" in err and "lower the learning rate" in err
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("/proc/x.pt", "cannot write /proc/x.pt: cannot create files in /proc"),
+        ("{tmp}/file.pt/x.pt", "file.pt is a file, not a directory"),
+        ("{tmp}/lin", "a checkpoint file ends in .pt or .pth or .ckpt (e.g. lin.pt)"),
+        ("{tmp}", "it is a directory; give a file name"),
+    ],
+)
+def test_output_path_is_checked_before_training(capsys, tmp_path, output, message):
+    (tmp_path / "file.pt").write_bytes(b"mine")
+    code, out, err = run(capsys, "train", "mlp", "--hidden", "256,256,256", "-o", output.format(tmp=tmp_path))
+    assert code == 1 and out == "" and message in err and len(err.strip().splitlines()) == 1
+    assert ".tmp" not in err and sorted(os.listdir(tmp_path)) == ["file.pt"]
+
+
+def test_missing_directories_are_created_and_one_step_is_singular(capsys, tmp_path):
+    path = tmp_path / "new" / "dir" / "lin.pt"
+    code, out, _ = run(capsys, "train", "linreg", "--optimizer", "lbfgs", "--epochs", "1", "-o", str(path))
+    assert code == 0 and path.is_file()
+    assert " 1 step in " in out
+
+
+def test_hidden_as_an_int_in_python_is_a_clear_error():
+    with pytest.raises(zoo.BadArgumentsError, match=r"hidden must be a list of positive layer widths.*got 64"):
+        zoo.create_model("mlp", hidden=64)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")

@@ -70,9 +70,9 @@ def test_mlp_from_names_records_a_config_that_rebuilds_it():
     assert config == {
         "name": "mlp", "in_features": 1, "out_features": 1, "hidden": [64, 64],
         "activation": {"name": "softplus", "beta": 2, "threshold": 5}, "layer": "param_linear",
-        "output_activation": None,
+        "output_activation": None, "seed": 0,
     }
-    rebuilt = zoo.create_model(**config, seed=0)
+    rebuilt = zoo.create_model(**config)  # the seed is in the config: the same initial weights
     assert rebuilt.zoo_config == config
     for a, b in zip(net.state_dict().values(), rebuilt.state_dict().values()):
         assert torch.equal(a, b)
@@ -115,7 +115,8 @@ def test_regression_models_are_one_layer_of_the_chosen_style():
         ({"layer": "linaer"}, zoo.UnknownNameError, "did you mean 'linear'"),
         ({"activation": {"name": "elu", "alpah": 2}}, zoo.BadArgumentsError, "alpha: float = 1.0"),
         ({"activation": 3}, zoo.BadArgumentsError, "a name or a dict with a 'name' key"),
-        ({"hidden": [0]}, zoo.BadArgumentsError, "must be a positive integer, got 0"),
+        ({"hidden": [0]}, zoo.BadArgumentsError, "positive layer widths, e.g. [64, 64], got [0]"),
+        ({"hidden": 64}, zoo.BadArgumentsError, "positive layer widths, e.g. [64, 64], got 64"),
         ({"hidden": [5], "activation": "glu"}, zoo.BadArgumentsError, "GLU cannot follow a layer of width 5"),
         ({"hiden": [5]}, zoo.BadArgumentsError, "unexpected keyword argument 'hiden'"),
         ({"in_features": 2.5}, zoo.BadArgumentsError, "must be a positive integer, got 2.5"),

@@ -127,7 +127,7 @@ def test_zoo_plot_bad_name_is_one_line_and_writes_nothing(tmp_path: Path) -> Non
 @pytest.mark.parametrize("args, fragment", [
     (["softplus:beta"], "name:key=value"),
     (["softplus:gamma=2"], "gamma"),
-    (["relu", "-o", "{tmp}/no/a.png"], "cannot write"),
+    (["relu", "-o", "{tmp}/a.jpg"], "cannot write"),  # a JPEG name for a PNG file
 ])
 def test_zoo_plot_bad_arguments_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            args: list[str], fragment: str) -> None:

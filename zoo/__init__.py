@@ -9,13 +9,19 @@ from typing import TYPE_CHECKING, Any
 
 from zoo.errors import (
     BadArgumentsError,
+    CheckpointError,
+    DeviceError,
+    DivergenceError,
     DuplicateNameError,
+    OutputError,
     PluginLoadError,
+    TrainingError,
     UnknownNameError,
     ZooError,
 )
 from zoo.models import model_builder, seeded
 from zoo.registry import PluginInfo, Registry, normalize
+from zoo.text import article as _article
 
 if TYPE_CHECKING:
     from torch import nn
@@ -24,11 +30,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadArgumentsError",
+    "CheckpointError",
+    "DeviceError",
+    "DivergenceError",
     "DuplicateNameError",
+    "OutputError",
     "PluginInfo",
     "PluginLoadError",
     "Registry",
     "TrainResult",
+    "TrainingError",
     "UnknownNameError",
     "ZooError",
     "activations",
@@ -49,12 +60,12 @@ __all__ = [
 def _module_check(built: Any) -> str | None:
     from torch import nn
 
-    return None if isinstance(built, nn.Module) else f"a {type(built).__name__}, not a torch.nn.Module"
+    return None if isinstance(built, nn.Module) else f"{_article(type(built).__name__)}, not a torch.nn.Module"
 
 
 def _dataset_check(built: Any) -> str | None:
     missing = [a for a in ("x", "y", "task") if not hasattr(built, a)]
-    return f"a {type(built).__name__} without {', '.join(missing)}" if missing else None
+    return f"{_article(type(built).__name__)} without {', '.join(missing)}" if missing else None
 
 
 activations = Registry(
@@ -86,9 +97,16 @@ registries = {r.kind: r for r in (activations, layers, models, datasets)}
 
 
 def create_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
-    """Build a registered model; `seed` fixes its initial weights. `zoo.create_model(**model.zoo_config)` rebuilds it."""
+    """Build a registered model; `seed` fixes its initial weights and is recorded in `model.zoo_config`.
+
+    `zoo.create_model(**model.zoo_config)` rebuilds the same model, with the same initial weights
+    when a seed was given. Raises UnknownNameError or BadArgumentsError for bad names or arguments.
+    """
     with seeded(seed):
-        return models.create(name, **kwargs)
+        model = models.create(name, **kwargs)
+    if seed is not None:
+        model.zoo_config = {**model.zoo_config, "seed": seed}
+    return model
 
 
 def list_models() -> list[str]:

@@ -11,6 +11,8 @@ import io
 import json
 import os
 import pathlib
+import pickle
+import zipfile
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +28,7 @@ __all__ = ["FORMAT", "VERSION", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "zoo.checkpoint"
 VERSION = 1
+ONNX_FIRST_BYTE = b"\x08"  # an ONNX ModelProto opens with field 1 (ir_version), a varint
 
 
 def save_checkpoint(
@@ -70,11 +73,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> nn.Module:
         raise CheckpointError(f"no checkpoint file at {path}")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file; all mean the same to a user
-        raise CheckpointError(
-            f"{path} is not a readable zoo checkpoint (truncated, or not written by zoo.save_checkpoint): "
-            f"{type(exc).__name__}: {_first_line(exc)}"
-        ) from exc
+    except Exception as exc:  # torch raises many types for a bad file; its messages advise trusting the file
+        raise CheckpointError(f"{path} {_unreadable(path, exc)}") from exc
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a torch file but not a zoo checkpoint; write one with zoo.save_checkpoint or `zoo train -o`"
@@ -103,14 +103,25 @@ def _write_atomic(record: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
     buffer = io.BytesIO()
     torch.save(record, buffer)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         return write_atomic(path, buffer.getvalue())
     except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
+
+
+def _unreadable(path: pathlib.Path, exc: Exception) -> str:
+    """What `path` is, since torch.load failed on it: "is ..." in a few words."""
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as handle:
+            head = handle.read(1)
+        if path.suffix.lower() == ".onnx" or head == ONNX_FIRST_BYTE:
+            return "is an ONNX model, not a checkpoint (run it with `zoo predict`; checkpoints come from `zoo train -o`)"
+        return "is not a zoo checkpoint: truncated, or not written by zoo.save_checkpoint / `zoo train -o`"
+    if isinstance(exc, pickle.UnpicklingError):
+        return "is not a zoo checkpoint: it holds pickled Python objects, which zoo never loads"
+    return "is not a zoo checkpoint: a damaged torch archive"
 
 
 def _first_line(exc: BaseException) -> str:
-    """The line of an error message that says what went wrong (torch's weights_only errors bury it)."""
+    """The first line of an error message (load_state_dict's run over many)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    cause = [line for line in lines if line.startswith("WeightsUnpickler error:")]
-    return (cause or lines or [""])[0].split(" Please use")[0][:300]  # not torch's advice to trust the file
+    return (lines or [""])[0][:300]

@@ -6,6 +6,7 @@ plugins do; torch is imported only by the commands that build something.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import json
 import sys
@@ -17,7 +18,9 @@ import click
 
 import zoo
 from zoo.errors import BadArgumentsError, UnknownNameError, ZooError
+from zoo.files import check_output
 from zoo.models import parse_part
+from zoo.text import plural
 
 if TYPE_CHECKING:
     from torch import nn
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from zoo.training import TrainResult
 
 KINDS = tuple(zoo.registries)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 class ZooGroup(click.Group):
@@ -48,6 +52,15 @@ class ZooGroup(click.Group):
         except Exception as exc:  # noqa: BLE001 - a broken command must not take the others down
             return _broken_command(name, ep, exc)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with its whole first sentence (click cuts it to the terminal width with "...")."""
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        rows = [(name, command.get_short_help_str(limit=1000)) for name, command in commands
+                if command is not None and not command.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 def _broken_command(name: str, ep: metadata.EntryPoint, exc: Exception) -> click.Command:
     dist = f"{ep.dist.name} {ep.dist.version}" if getattr(ep, "dist", None) else "<unknown>"
@@ -70,16 +83,21 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-def _listing(kind: str, check: bool) -> list[dict[str, Any]]:
+def _listing(kind: str, pattern: str | None, check: bool) -> list[dict[str, Any]]:
     registry = zoo.registries[kind]
     rows = []
     for name, sources in registry.sources():
+        aliases = registry.aliases_of(name)
+        if pattern and not any(fnmatch.fnmatch(n.lower(), pattern.lower()) for n in (name, *aliases)):
+            continue
         row: dict[str, Any] = {
             "kind": kind,
             "name": name,
+            "aliases": list(aliases),
+            "description": sources[0].description(),
             "target": sources[0].target,
             "distribution": f"{sources[0].distribution} {sources[0].version}".strip(),
-            "status": "ok",
+            "status": registry.status(name),
         }
         if len(sources) > 1:
             row["status"] = "conflict"
@@ -87,32 +105,65 @@ def _listing(kind: str, check: bool) -> list[dict[str, Any]]:
         elif check:
             try:
                 registry.get(name)
+                row["status"] = "ok"
             except ZooError as exc:
                 row["status"], row["error"] = "broken", str(exc)
         rows.append(row)
     return rows
 
 
-@cli.command("list")
-@click.argument("kind", required=False, metavar="[KIND]", type=click.Choice(KINDS, case_sensitive=False))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--check", is_flag=True, help="Import every plugin and report the ones that fail to load.")
-def list_command(kind: str | None, as_json: bool, check: bool) -> None:
-    """List registered plugins of one KIND, or of every kind.
+def _kinds_and_pattern(kind: str | None, pattern: str | None) -> tuple[list[str], str | None]:
+    """`zoo list` arguments as (kinds to list, name pattern): a lone argument with a wildcard is a pattern."""
+    if kind is None:
+        return list(KINDS), pattern
+    if kind.lower() in KINDS:
+        return [kind.lower()], pattern
+    if pattern is None and any(char in kind for char in "*?["):
+        return list(KINDS), kind
+    raise UnknownNameError("kind", kind, KINDS)
 
-    Reads package metadata only (fast, imports no plugin) unless --check is given.
+
+@cli.command("list")
+@click.argument("kind", required=False, metavar="[KIND]")
+@click.argument("pattern", required=False, metavar="[PATTERN]")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--check", is_flag=True,
+              help="Import every plugin; exit status 1 when one fails to load or two claim one name.")
+def list_command(kind: str | None, pattern: str | None, as_json: bool, check: bool) -> None:
+    """List plugins with their aliases and a one-line description: every KIND, or one.
+
+    \b
+    KIND is activations, layers, models or datasets. PATTERN keeps the names (or aliases) that
+    match a shell wildcard, e.g. `zoo list activations 'soft*'`; alone, it filters every kind.
+    Reads package metadata and plugin sources only (fast, imports no plugin) unless --check is
+    given; until then a plugin's status is "unchecked".
     """
-    rows = [row for k in ([kind.lower()] if kind else KINDS) for row in _listing(k, check)]
+    kinds, pattern = _kinds_and_pattern(kind, pattern)
+    rows = [row for k in kinds for row in _listing(k, pattern, check)]
+    if not rows:
+        what = zoo.registries[kinds[0]].singular if len(kinds) == 1 else "plugin"
+        raise ZooError(f"no {what} matches {pattern!r} (see `zoo list`)")
     if as_json:
         emit_json(rows)
-        return
+    else:
+        _print_listing(rows)
+    failed = [row for row in rows if row["status"] in ("broken", "conflict")]
+    if check and failed:
+        raise ZooError(f"{len(failed)} of {len(rows)} plugins are broken or in conflict: "
+                       f"{', '.join(row['name'] for row in failed)}")
+
+
+def _print_listing(rows: list[dict[str, Any]]) -> None:
     for current in dict.fromkeys(row["kind"] for row in rows):
         group = [row for row in rows if row["kind"] == current]
         click.secho(f"{current} ({len(group)})", bold=True)
-        width = max(len(row["name"]) for row in group)
-        for row in group:
-            status = "" if row["status"] == "ok" else click.style(f"  [{row['status']}] {row['error']}", fg="red")
-            click.echo(f"  {row['name']:<{width}}  {row['target']}  ({row['distribution']}){status}")
+        names = [row["name"] + (f" ({', '.join(row['aliases'])})" if row["aliases"] else "") for row in group]
+        width = max(map(len, names))
+        for name, row in zip(names, group):
+            problem = row["status"] in ("broken", "conflict")
+            status = click.style(f"  [{row['status']}] {row['error']}", fg="red") if problem else ""
+            click.echo(f"  {name:<{width}}  {row['description'] or '-'}  "
+                       f"[{row['target']}, {row['distribution']}]{status}")
 
 
 @cli.command("show")
@@ -147,12 +198,13 @@ def plot_group() -> None:
 @plot_group.command("activations")
 @click.argument("names", nargs=-1, metavar="[NAME[:key=value,...]]...")
 @click.option("-o", "--output", default="activations.png", show_default=True,
-              type=click.Path(dir_okay=False, path_type=str), help="PNG file to write.")
+              help="PNG file to write (missing directories are created).")
 def plot_activations_command(names: tuple[str, ...], output: str) -> None:
     """Plot activations and their derivatives on [-5, 5] (default: all of them, with alias variants).
 
     A NAME may carry keyword arguments, e.g. softplus:beta=2 or gelu:approximate=tanh.
     """
+    check_output(output, suffixes=(".png",), what="a PNG")
     from zoo import plots  # matplotlib and torch load here, not for `zoo --help`
 
     path = plots.plot_activations(list(names) or plots.activation_specs(), output)
@@ -186,13 +238,30 @@ class Widths(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if not isinstance(value, str):
             return value
+        if not value.strip():
+            return []
         try:
-            widths = [int(part) for part in value.split(",") if part.strip()]
+            widths = [int(part) for part in value.split(",")]
         except ValueError:
             widths = []
-        if any(width < 1 for width in widths) or (value.strip() and not widths):
+        if not widths or any(width < 1 for width in widths):
             self.fail(f"{value!r} is not a comma-separated list of positive integers, e.g. 64,64", param, ctx)
         return widths
+
+
+class DeviceSpec(click.ParamType):
+    """auto, cpu, cuda or cuda:N; whether that device exists is checked when training starts."""
+
+    name = "auto|cpu|cuda|cuda:N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        kind, _, index = text.partition(":")
+        if text in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit()):
+            return text
+        self.fail(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N (the CPU takes no index)", param, ctx)
 
 
 def model_training_options(command: Any) -> Any:
@@ -213,7 +282,8 @@ def model_training_options(command: Any) -> Any:
         click.option("--lr", type=float, help="Learning rate [default: the recipe's, or the optimizer's own]."),
         click.option("--weight-decay", type=float, help="L2 weight decay [default: the recipe's]."),
         click.option("--optimizer", help="adam, adamw, sgd (momentum 0.9) or lbfgs [default: the recipe's]."),
-        click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:N."),
+        click.option("--device", type=DeviceSpec(), default="auto", show_default=True,
+                     help="auto (CUDA when available), cpu, cuda, cuda:N."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seeds the dataset, the initial weights and the batch order."),
     ]
@@ -271,7 +341,7 @@ def _training_data(model: str, spec: str | dict[str, Any] | None, *, seed: int, 
 @cli.command("train")
 @click.argument("model_name", metavar="MODEL")
 @model_training_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write a checkpoint (one .pt file) here.")
+@click.option("-o", "--output", help="Write a checkpoint (one .pt file) here; missing directories are created.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a summary.")
 @click.option("-q", "--quiet", is_flag=True, help="Draw no progress bar (none is drawn when stderr is not a terminal).")
 def train_command(model_name: str, output: str | None, as_json: bool, quiet: bool, **options: Any) -> None:
@@ -282,8 +352,17 @@ def train_command(model_name: str, output: str | None, as_json: bool, quiet: boo
       zoo train linear_regression --layer einsum_linear -o linreg.pt
       zoo train linear_regression --recipe notes      # the course notes' Adam, b ends far from 5
       zoo train mlp --activation softplus:beta=2 --hidden 32,32 --json
+      torchrun --standalone --nproc-per-node 2 -m zoo train mlp   # data-parallel; rank 0 writes and prints
+
+    Small models train with one torch thread; set OMP_NUM_THREADS=N to choose.
     """
+    from zoo.distributed import is_main
+
+    if output:
+        check_output(output, suffixes=CHECKPOINT_SUFFIXES, what="a checkpoint")  # before training, not after
     model, result = train_from_options(model_name, progress=False if quiet or as_json else None, **options)
+    if not is_main():  # under torchrun, rank 0 alone writes the checkpoint and prints
+        return
     if output:
         zoo.save_checkpoint(output, model, result)
     parameters = {key: value.tolist() for key, value in model.state_dict().items()}
@@ -303,7 +382,8 @@ def _print_training(report: dict[str, Any]) -> None:
     config = ", ".join(f"{key}={value}" for key, value in report["model"].items() if key != "name")
     click.echo(
         f"{report['model']['name']} ({config}) on {report['dataset']['name']}, recipe {report['recipe']['name']}: "
-        f"{report['steps']} steps in {report['seconds']:.2f} s on {report['device']}"
+        f"{plural(report['steps'], 'step')} in {report['seconds']:.2f} s on {report['device']}"
+        + (f" x {report['world_size']} processes ({report['backend']})" if report["world_size"] > 1 else "")
     )
     metrics = "  ".join(f"{key} {value:.6g}" for key, value in report["metrics"].items())
     click.echo(f"final loss {report['final_loss']:.6g}  ({metrics})")
@@ -317,6 +397,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `zoo` script: errors become one line on stderr and a non-zero exit."""
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="zoo", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `zoo` (or `zoo plot`): its help, not an error
+        click.echo(exc.ctx.get_help())
+        code = 0
     except click.exceptions.Abort:
         click.echo("zoo: aborted", err=True)
         code = 130

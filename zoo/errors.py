@@ -10,8 +10,17 @@ class ZooError(Exception):
     """Base class of every error zoo raises on purpose; its message is one actionable line."""
 
 
+# Where the names of each registry kind are listed; any other kind of name lists its choices in the message.
+LISTED = {"activation": "zoo list activations", "layer": "zoo list layers", "model": "zoo list models",
+          "dataset": "zoo list datasets", "plugin": "zoo list"}
+
+
 class UnknownNameError(ZooError, KeyError):
-    """A registry has no entry under that name; the message suggests the closest names."""
+    """A registry has no entry under that name; the message suggests the closest names.
+
+    It points to `zoo list KIND` (which shows names and aliases) for a registry kind, and lists
+    the `known` names for any other kind (optimizers, recipes).
+    """
 
     def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
         self.kind, self.name = kind, name
@@ -21,7 +30,8 @@ class UnknownNameError(ZooError, KeyError):
 
     def __str__(self) -> str:
         hint = f"; did you mean {', '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
-        return f"unknown {self.kind} {self.name!r}{hint} (see `zoo list`)"
+        where = f"see `{LISTED[self.kind]}`" if self.kind in LISTED else f"choose from {', '.join(self.known)}"
+        return f"unknown {self.kind} {self.name!r}{hint} ({where})"
 
 
 class DuplicateNameError(ZooError):
@@ -52,5 +62,13 @@ class DeviceError(ZooError):
     """The device asked for does not exist or is not available (e.g. cuda without a GPU)."""
 
 
+class OutputError(ZooError):
+    """An output path cannot be written: a parent is a file or read-only, or its suffix names another format."""
+
+
 class CheckpointError(ZooError):
     """A checkpoint cannot be written (model without zoo_config) or read (missing, truncated, foreign)."""
+
+
+class DistributedError(ZooError):
+    """Data-parallel training cannot go on: the rendezvous is unreachable, or another rank died or stopped."""

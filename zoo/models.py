@@ -11,6 +11,7 @@ from typing import Any
 
 from zoo.errors import BadArgumentsError
 from zoo.registry import Registry
+from zoo.text import article
 
 # Builder parameters whose values are registry names, resolved to factories before the call.
 NAMED_PARTS = {"activation": "activations", "output_activation": "activations", "layer": "layers"}
@@ -45,7 +46,7 @@ def part_spec(registry: Registry, spec: Any) -> str | dict[str, Any]:
         kwargs.update({k: v for k, v in spec.items() if k != "name"})
     else:
         raise BadArgumentsError(
-            f"a {registry.singular} is given as a name or a dict with a 'name' key, got {spec!r}"
+            f"{article(registry.singular)} is given as a name or a dict with a 'name' key, got {spec!r}"
         )
     return {"name": name, **kwargs} if kwargs else name
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Any
 
+from zoo.docstrings import describe, first_paragraph
 from zoo.errors import BadArgumentsError, DuplicateNameError, PluginLoadError, UnknownNameError, ZooError
 
 IN_PROCESS = "<in-process>"
@@ -35,6 +36,10 @@ class Source:
         """`name = module:attr` with its distribution, as printed in error messages."""
         return f"{self.name} = {self.target} (from {self.distribution} {self.version})".strip()
 
+    def description(self) -> str:
+        """The first paragraph of the plugin's docstring, read from its source without importing it."""
+        return first_paragraph(inspect.getdoc(self.obj)) if self.obj is not None else describe(self.target)
+
 
 @dataclasses.dataclass(frozen=True)
 class PluginInfo:
@@ -53,10 +58,6 @@ class PluginInfo:
         """This record as a JSON-able dict."""
         return dataclasses.asdict(self)
 
-
-def _doc_line(obj: Any) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().split("\n\n")[0].replace("\n", " ")
 
 
 def _scan(group: str) -> dict[str, list[Source]]:
@@ -136,6 +137,16 @@ class Registry:
     def aliases(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """The alias table: alias -> (registered name, default keyword arguments)."""
         return {self._alias_names[key]: target for key, target in self._aliases.items()}
+
+    def aliases_of(self, name: str) -> tuple[str, ...]:
+        """The aliases that resolve to the registered `name`."""
+        key = normalize(name)
+        return tuple(alias for alias, (target, _) in self.aliases().items() if normalize(target) == key)
+
+    def status(self, name: str) -> str:
+        """`ok` once the plugin loaded, `broken` once it failed to, else `unchecked` (nothing imported yet)."""
+        key = normalize(name)
+        return "ok" if key in self._loaded else "broken" if key in self._failed else "unchecked"
 
     def cache_clear(self) -> None:
         """Forget scanned entry points and loaded plugins (for tests and new installs)."""
@@ -231,7 +242,6 @@ class Registry:
         source = self._source(key)
         obj = self._load(key)
         signature = _signature(obj)
-        aliases = tuple(a for a, (t, _) in self.aliases().items() if normalize(t) == key)
         return PluginInfo(
             kind=self.kind,
             name=source.name,
@@ -239,8 +249,8 @@ class Registry:
             distribution=source.distribution,
             version=source.version,
             signature=signature,
-            doc=_doc_line(obj),
-            aliases=aliases,
+            doc=first_paragraph(inspect.getdoc(obj)),
+            aliases=self.aliases_of(source.name),
         )
 
     # -- in-process registration ------------------------------------------------------------
@@ -276,12 +286,25 @@ class Registry:
 
 
 def _signature(obj: Any) -> str:
-    for eval_str in (True, False):  # annotations as types where they resolve, else as written
-        try:
-            return str(inspect.signature(obj, eval_str=eval_str))
-        except (NameError, TypeError, ValueError):
-            continue
-    return "(...)"
+    """The parameters a plugin is built with, annotations as written, without the return annotation."""
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return "(...)"
+    parameters = [
+        p.replace(annotation=_Written(p.annotation)) if isinstance(p.annotation, str) else p
+        for p in signature.parameters.values()
+    ]
+    if isinstance(obj, type) and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+        parameters = []  # a constructor inherited from a base that takes *args/**kwargs (nn.Module): none
+    return str(signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty))
+
+
+class _Written(str):
+    """An annotation kept as written (`from __future__ import annotations`), shown without quotes."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def _params(signature: inspect.Signature) -> str:

@@ -23,15 +23,18 @@ with a JSON summary in `model.zoo_training`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from zoo import distributed
 from zoo.errors import BadArgumentsError, DeviceError, DivergenceError, TrainingError, UnknownNameError
 from zoo.models import seeded
 from zoo.progress import ProgressBar, wanted
@@ -98,6 +101,9 @@ class TrainResult:
     steps: int
     recipe: dict[str, Any]
     dataset: dict[str, Any]
+    threads: int = 1  # torch CPU threads per process
+    world_size: int = 1  # processes training together (torchrun), each on its share of every batch
+    backend: str | None = None  # their torch.distributed backend (gloo, nccl), None in one process
 
     def summary(self) -> dict[str, Any]:
         """JSON-able record without the history: what `model.zoo_training` and checkpoints keep."""
@@ -144,30 +150,40 @@ def train(
     device: str | torch.device = "auto",
     seed: int = 0,
     progress: bool | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Fit `model` to `data` (x, y, task) with a named recipe; explicit arguments override its settings.
 
     `seed` fixes the batch order and any randomness in the model (dropout); the same seed gives
     bit-identical parameters on CPU. `progress=None` draws a bar on stderr only when it is a
     terminal. Changing the optimizer without `lr` uses that optimizer's usual learning rate. The model
-    ends on `device`, in eval mode, with `model.zoo_training` set. Raises BadArgumentsError for bad
-    settings, DeviceError, TrainingError when model and data do not fit, DivergenceError on NaN/inf.
+    ends on `device`, in eval mode, with `model.zoo_training` set. `threads=None` picks torch's CPU
+    threads for the work: one for a small model and dataset (threads only contend there), torch's own
+    choice otherwise or when OMP_NUM_THREADS is set. Full-batch L-BFGS stops early once the loss
+    stopped improving. Inside a torchrun process (WORLD_SIZE > 1) it trains with
+    DistributedDataParallel, each rank on its share of every batch (see zoo.distributed). Raises
+    BadArgumentsError for bad settings, DeviceError, TrainingError when model and data do not fit,
+    DivergenceError on NaN/inf, DistributedError when the ranks cannot work together.
     """
     criterion = _criterion(data)
     target = resolve_device(device)
-    x, y = data.x.to(target), data.y.to(target)
     settings = resolve_recipe(
-        recipe, rows=len(x), seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
+        recipe, rows=len(data.x), seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, optimizer=optimizer,
     )
-    model.to(target)
-    _check_fit(model, x, y)
-    start = time.perf_counter()
-    with seeded(seed, target):
-        history = _fit(model, x, y, criterion, settings, wanted(progress))
-    final_loss, metrics = _evaluate(model, x, y, criterion)
-    seconds = time.perf_counter() - start
-    steps = settings["epochs"] * math.ceil(len(x) / settings["batch_size"])
+    with _group(target, rows=len(data.x)) as group:
+        target = group.device if group else target
+        x, y = data.x.to(target), data.y.to(target)
+        model.to(target)
+        _check_fit(model, x, y)
+        start = time.perf_counter()
+        with seeded(seed, target), _threads(threads, model, len(x)) as used:
+            loss = _batch_loss(model, criterion) if group is None else group.batch_loss(group.wrap(model), criterion)
+            show = wanted(progress) and (group is None or group.rank == 0)
+            history = _fit(model, x, y, loss, settings, show)
+            final_loss, metrics = _evaluate(model, x, y, criterion)
+        seconds = time.perf_counter() - start
+    steps = len(history) * math.ceil(len(x) / settings["batch_size"])
     if not math.isfinite(final_loss):
         raise _divergence(final_loss, steps, settings["lr"], after=True)
     result = TrainResult(
@@ -179,9 +195,43 @@ def train(
         steps=steps,
         recipe=settings,
         dataset={"name": data.name, "task": data.task, "rows": len(x), "params": dict(data.params)},
+        threads=used,
+        world_size=group.world_size if group else 1,
+        backend=group.backend if group else None,
     )
     model.zoo_training = result.summary()
     return result
+
+
+# Below this many rows x parameters a forward pass is too small for more threads to pay (issue 11:
+# the default mlp trained 5x faster on 2 cores with one thread than with torch's default two).
+SMALL_WORK = 2**26
+
+
+@contextlib.contextmanager
+def _group(device: torch.device, *, rows: int) -> Iterator[distributed.Group | None]:
+    """The process group when launched by torchrun with several ranks, else None."""
+    if not distributed.launched():
+        yield None
+        return
+    with distributed.join(device) as group:
+        group.check_rows(rows)
+        yield group
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None, model: nn.Module, rows: int) -> Iterator[int]:
+    """Run with `threads` torch threads (None: one for small work unless OMP_NUM_THREADS is set); restore after."""
+    before = torch.get_num_threads()
+    if threads is None:
+        small = rows * sum(p.numel() for p in model.parameters()) < SMALL_WORK
+        threads = 1 if small and "OMP_NUM_THREADS" not in os.environ else before
+    _check_int("threads", threads, minimum=1)
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_recipe(name: str, *, rows: int, seed: int, **overrides: Any) -> dict[str, Any]:
@@ -257,8 +307,21 @@ def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     _same_shape(prediction, y[:2])
 
 
+BatchLoss = Callable[[torch.Tensor, torch.Tensor, Callable[..., torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _batch_loss(model: nn.Module, criterion: nn.Module) -> BatchLoss:
+    """One process: the batch's loss is both what is back-propagated and what the optimiser sees."""
+
+    def loss(xb: torch.Tensor, yb: torch.Tensor, same_shape: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        value = criterion(same_shape(model(xb), yb), yb)
+        return value, value
+
+    return loss
+
+
 def _fit(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module, settings: dict[str, Any], show: bool
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: BatchLoss, settings: dict[str, Any], show: bool
 ) -> list[float]:
     build, _ = OPTIMIZERS[settings["optimizer"]]
     optimizer = build(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
@@ -276,26 +339,31 @@ def _fit(
                 xs, ys = x[permutation], y[permutation]
             losses: list[torch.Tensor] = []
             for begin in range(0, rows, batch):
-                losses.append(_step(model, optimizer, criterion, xs[begin : begin + batch], ys[begin : begin + batch]))
+                losses.append(_step(optimizer, loss, xs[begin : begin + batch], ys[begin : begin + batch]))
                 if bar is not None:
                     bar.update(epoch * per_epoch + len(losses), epoch + 1, losses[-1].item)
             history.append(_epoch_mean(losses, first_step=epoch * per_epoch + 1, lr=settings["lr"]))
+            if settings["optimizer"] == "lbfgs" and per_epoch == 1 and _stalled(history):
+                break
     finally:
         if bar is not None:
             bar.close()
     return history
 
 
-def _step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module, xb: torch.Tensor, yb: torch.Tensor
-) -> torch.Tensor:
+def _stalled(history: list[float]) -> bool:
+    """The last full-batch step improved the loss by less than float32 resolution: more steps cannot help."""
+    return len(history) >= 2 and history[-2] - history[-1] <= 1e-7 * abs(history[-2])
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: BatchLoss, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     """One optimiser step on one batch; returns the batch loss before the step, still on the device."""
 
     def closure() -> torch.Tensor:  # every torch optimiser accepts one; L-BFGS needs it
         optimizer.zero_grad()
-        loss = criterion(_same_shape(model(xb), yb), yb)
-        loss.backward()
-        return loss
+        backward, value = loss(xb, yb, _same_shape)
+        backward.backward()
+        return value
 
     return optimizer.step(closure).detach()
 
