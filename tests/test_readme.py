@@ -30,7 +30,7 @@ SUBSTITUTES = {
     "zoo verify DIR": "zoo verify DIR",
     "zoo verify OUT --runtime onnxruntime|openvino|tract": "zoo verify DIR --runtime onnxruntime",
 }
-MENTIONS = {"zoo verify", "zoo export"}
+MENTIONS = {"zoo verify", "zoo train"}
 
 
 def python_blocks() -> list[str]:
