@@ -30,6 +30,7 @@ import click
 import zoo
 from zoo.errors import BadArgumentsError, ZooError
 from zoo.files import write_atomic
+from zoo.text import plural
 
 LINEAR_LAYERS = ("einsum_linear", "param_linear", "linear")
 # The course notes' printed (w, b) per layer after their 5 epochs; the truth is w = 10, b = 5.
@@ -374,8 +375,8 @@ def markdown(report: Report) -> str:
     epochs = sorted({row.epochs for row in report.rows if row.epochs})
     summary = (
         f"{len(report.rows)} models, {len(report.rows) - len(failed)} ok, {len(failed)} failed in "
-        f"{report.seconds:.1f} s (seed {s['seed']}, device {s['device']}, opset {s['opset']}, {s['jobs']} "
-        f"worker process(es)). Every model trains with zoo's default recipe ({'/'.join(map(str, epochs)) or '-'} "
+        f"{report.seconds:.1f} s (seed {s['seed']}, device {s['device']}, opset {s['opset']}, "
+        f"{plural(s['jobs'], 'worker process', 'worker processes')}). Every model trains with zoo's default recipe ({'/'.join(map(str, epochs)) or '-'} "
         "epochs), is exported as a bundle under `models/<model>/` and checked for parity with the full probe set."
     )
     lines = ["# zoo run", "", summary, "", _md_table(table_rows(report.rows)), "", ERROR_NOTE]
@@ -489,7 +490,8 @@ def _print_summary(report: Report, out: pathlib.Path) -> None:
     blocks += [f"{row.name} {row.status()}: {_clip(row.error or '', 300)}" for row in report.failed()]
     files = ", ".join(str(out / name) for name in ["report.md", "report.json", *report.pictures])
     blocks.append(f"{len(report.rows) - len(report.failed())}/{len(report.rows)} ok in {report.seconds:.1f} s "
-                  f"({report.settings['jobs']} worker processes); wrote {files} and {out / 'models'}/")
+                  f"({plural(report.settings['jobs'], 'worker process', 'worker processes')}); wrote {files} and "
+                  f"{out / 'models'}/")
     click.echo("\n\n".join(blocks))
 
 
