@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from export.bundle import write_bundle, write_onnx
-    from export.onnx_export import ExportError, to_onnx
+    from export.onnx_export import ExportError, ExportOptions, to_onnx
     from export.parity import ParityError, ParityReport, check_parity
 
-__all__ = ["ExportError", "ParityError", "ParityReport", "check_parity", "to_onnx", "write_bundle", "write_onnx"]
+__all__ = ["ExportError", "ExportOptions", "ParityError", "ParityReport", "check_parity", "to_onnx", "write_bundle", "write_onnx"]
 
 _HOME = {
     "ExportError": "export.onnx_export",
+    "ExportOptions": "export.onnx_export",
     "to_onnx": "export.onnx_export",
     "ParityError": "export.parity",
     "ParityReport": "export.parity",

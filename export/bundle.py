@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from export.bounds import UNIT
-from export.onnx_export import ExportError, check_compute, default_opset, opset_range, to_onnx
+from export.onnx_export import ExportError, ExportOptions, export_options, to_onnx
 from export.parity import ParityError, ParityReport, ProbeSet, parity_run
 from export.runtime import BundleError, OnnxModel, encode_tensor, verify_bundle
 from export.runtime.verify import FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FILE, SET_PREFIX, jsonable, sha256
 from zoo.files import default_mode, parents_made, write_atomic
+from zoo.timing import timed
 
 # Where a deliverable that failed parity is kept with --keep-on-failure: beside the asked-for path.
 FAILED_MARK = ".FAILED-PARITY"
@@ -41,28 +42,29 @@ FAILED_MARK = ".FAILED-PARITY"
 def write_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike[str],
+    options: ExportOptions | None = None,
     *,
-    opset: int | None = None,
-    exporter: str = "torchscript",
-    dtype: str = "float32",
-    dynamic_batch: bool = True,
-    compute: str | None = None,
     overwrite: bool = False,
     keep_on_failure: bool = False,
+    timings: dict[str, float] | None = None,
+    **changes: Any,
 ) -> ParityReport:
     """Export ``model`` to ``path`` only if it passes the parity check (ParityError otherwise); return the report.
 
-    With ``keep_on_failure`` a failing model is still written, as ``<stem>.FAILED-PARITY.onnx`` beside
+    ``options`` (an ExportOptions, or its fields as keywords) say how, as for ``to_onnx``. With
+    ``keep_on_failure`` a failing model is still written, as ``<stem>.FAILED-PARITY.onnx`` beside
     ``path`` with its report in ``<stem>.FAILED-PARITY.json``, and ParityError is raised all the same.
+    ``timings``, when given, receives the seconds of the "export" and of the "parity" check.
     """
     path = pathlib.Path(path)
-    opset = default_opset(exporter) if opset is None else opset
-    preflight(path, bundle=False, overwrite=overwrite, opset=opset, exporter=exporter, dtype=dtype, compute=compute)
+    options = export_options(options, **changes)
+    preflight(path, bundle=False, overwrite=overwrite)
     with parents_made(path), _staged(path, directory=False) as staged:
-        to_onnx(model, staged, opset=opset, exporter=exporter, dtype=dtype, dynamic_batch=dynamic_batch,
-                compute=compute)
+        with timed(timings, "export"):
+            to_onnx(model, staged, options)
         os.chmod(staged, default_mode())
-        report, _ = _parity(model, staged, shown_as=path, dtype=dtype)
+        with timed(timings, "parity"):
+            report, _ = _parity(model, staged, shown_as=path, dtype=options.dtype)
         if not report.ok:
             if keep_on_failure:
                 kept = failed_path(path)
@@ -84,41 +86,35 @@ def failed_path(path: pathlib.Path) -> pathlib.Path:
 def write_bundle(
     model: torch.nn.Module,
     out_dir: str | os.PathLike[str],
+    options: ExportOptions | None = None,
     *,
-    opset: int | None = None,
-    exporter: str = "torchscript",
-    dtype: str = "float32",
-    dynamic_batch: bool = True,
-    compute: str | None = None,
     overwrite: bool = False,
     keep_on_failure: bool = False,
+    timings: dict[str, float] | None = None,
+    **changes: Any,
 ) -> pathlib.Path:
     """Write a verified bundle to ``out_dir`` and return it; raises ParityError / ExportError, leaving nothing.
 
-    The export must pass ``check_parity`` and the finished bundle must pass ``verify_bundle`` (the
+    ``options`` (an ExportOptions, or its fields as keywords) say how, as for ``to_onnx``. The
+    export must pass ``check_parity`` and the finished bundle must pass ``verify_bundle`` (the
     same rule on the same probes) before it is renamed into place. An existing bundle is replaced
     only with ``overwrite``; any other existing file or non-empty directory is never touched. With
     ``keep_on_failure`` a failing bundle is still written, to ``<out_dir>.FAILED-PARITY``, and
-    ParityError is raised all the same.
+    ParityError is raised all the same. ``timings``, when given, receives the seconds of the
+    "export" and of the "parity" check.
     """
     out = pathlib.Path(out_dir)
-    opset = default_opset(exporter) if opset is None else opset
-    preflight(out, bundle=True, overwrite=overwrite, opset=opset, exporter=exporter, dtype=dtype, compute=compute)
+    options = export_options(options, **changes)
+    preflight(out, bundle=True, overwrite=overwrite)
     with parents_made(out), _staged(out, directory=True) as staged:
-        model_path = to_onnx(
-            model,
-            staged / MODEL_FILE,
-            opset=opset,
-            exporter=exporter,
-            dtype=dtype,
-            dynamic_batch=dynamic_batch,
-            compute=compute,
-        )
+        with timed(timings, "export"):
+            model_path = to_onnx(model, staged / MODEL_FILE, options)
         os.chmod(model_path, default_mode())
-        report, probe_set = _parity(model, model_path, shown_as=out / MODEL_FILE, dtype=dtype)
+        with timed(timings, "parity"):
+            report, probe_set = _parity(model, model_path, shown_as=out / MODEL_FILE, dtype=options.dtype)
         runtime = OnnxModel(model_path)
-        sets = _write_test_data(probe_set, runtime, staged, dtype)
-        manifest = _manifest(model, runtime, report, opset=opset, exporter=exporter, dtype=dtype, sets=sets)
+        sets = _write_test_data(probe_set, runtime, staged, options.dtype)
+        manifest = _manifest(model, runtime, report, options, sets=sets)
         write_atomic(staged / MANIFEST, json.dumps(manifest, indent=2).encode())
         if not report.ok:
             if keep_on_failure:
@@ -142,18 +138,9 @@ def is_bundle(path: pathlib.Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
-def preflight(
-    path: pathlib.Path, *, bundle: bool, overwrite: bool, opset: int, exporter: str, dtype: str = "float32",
-    compute: str | None = None,
-) -> None:
-    """Fail before any work (training, export) on a destination, opset or compute that cannot be; ExportError."""
+def preflight(path: pathlib.Path, *, bundle: bool, overwrite: bool) -> None:
+    """Fail before any work (training, export) on a destination that cannot be written; ExportError."""
     _check_target(path, overwrite, directory=bundle)
-    check_compute(compute, dtype)
-    low, high = opset_range(exporter)
-    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
-        raise ExportError(
-            f"opset {opset!r} is not supported by the {exporter} exporter here; choose {low}..{high}"
-        )
 
 
 def _parity(
@@ -258,10 +245,8 @@ def _manifest(
     model: torch.nn.Module,
     runtime: OnnxModel,
     report: ParityReport,
+    options: ExportOptions,
     *,
-    opset: int,
-    exporter: str,
-    dtype: str,
     sets: int,
 ) -> dict[str, Any]:
     import onnx
@@ -278,20 +263,20 @@ def _manifest(
                 "sha256": sha256(runtime.path),
                 "bytes": runtime.path.stat().st_size,
             },
-            "opset": opset,
-            "exporter": exporter,
-            "dtype": dtype,
+            "opset": options.chosen_opset,
+            "exporter": options.exporter,
+            "dtype": options.dtype,
             "compute": runtime.metadata.get("zoo.compute"),
             "dynamic_batch": not isinstance(runtime.input_shape[0], int),
-            "inputs": [{"name": runtime.input_name, "shape": _shape(runtime.input_shape), "dtype": dtype}],
+            "inputs": [{"name": runtime.input_name, "shape": _shape(runtime.input_shape), "dtype": options.dtype}],
             "outputs": [
-                {"name": name, "shape": _shape(dims), "dtype": dtype}
+                {"name": name, "shape": _shape(dims), "dtype": options.dtype}
                 for name, dims in zip(runtime.output_names, runtime.output_shapes)
             ],
             "criterion": {
                 "rule": "|actual - reference| <= bound per element; NaN where reference is NaN; "
                         "reference's infinity where it is one; anything where bound is infinite",
-                "unit_roundoff": UNIT[dtype],
+                "unit_roundoff": UNIT[options.dtype],
             },
             "test_data_sets": sets,
             "parity": report.to_dict(),
@@ -304,7 +289,8 @@ def _manifest(
                 "python": sys.version.split()[0],
             },
             "config": getattr(model, "zoo_config", None),
-            "training": getattr(model, "zoo_training", None),
+            # as the model file records it: what was trained, not how long it took or where
+            "training": runtime.metadata.get("zoo.training"),
         }
     )
 

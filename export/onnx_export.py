@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import importlib.util
 import io
@@ -11,21 +12,22 @@ import json
 import logging
 import os
 import pathlib
+import re
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
-from export import fixes
+from export import adapters, lowerings, passes
+from export.options import EXPORTERS
 from zoo.errors import ZooError
 from zoo.files import write_atomic
 
-EXPORTERS = ("torchscript", "dynamo")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
-COMPUTE = ("float16", "float32", "float64")
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
 BATCH_AXIS = "batch"
@@ -40,8 +42,9 @@ class ExportError(ZooError):
 
 def opset_range(exporter: str = "torchscript") -> tuple[int, int]:
     """The (lowest, highest) opset that ``exporter`` and the installed onnxruntime both support."""
-    _check_exporter(exporter)
-    from torch.onnx import _constants
+    if exporter not in EXPORTERS:
+        raise ExportError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    from torch.onnx import _constants  # private: the only place torch states its exporters' highest opset
 
     if exporter == "torchscript":
         low, high = MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
@@ -69,53 +72,100 @@ def _onnxruntime_loads(opset: int) -> bool:
     return True
 
 
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """How a model is exported: one checked, immutable set for to_onnx, write_onnx, write_bundle and the CLI.
+
+    ``opset`` None means ``default_opset(exporter)``; ``compute`` None means ``dtype``, node by node,
+    or on request ``"float64"`` with one rounding at each output (runtimes without float64 kernels,
+    such as OpenVINO's CPU plugin and tract, refuse or narrow it). ``metadata`` is added to the
+    model's ``metadata_props``. Raises ExportError for a value that cannot be exported here.
+    """
+
+    opset: int | None = None
+    exporter: str = "torchscript"
+    dtype: str = "float32"
+    compute: str | None = None
+    dynamic_batch: bool = True
+    input_names: tuple[str, ...] = ("input",)
+    output_names: tuple[str, ...] = ("output",)
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("input_names", "output_names"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        pairs = self.metadata.items() if isinstance(self.metadata, dict) else self.metadata
+        object.__setattr__(self, "metadata", tuple(sorted((str(k), str(v)) for k, v in pairs)))
+        if self.exporter not in EXPORTERS:
+            raise ExportError(f"exporter must be one of {EXPORTERS}, got {self.exporter!r}")
+        if self.exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+            raise ExportError("the dynamo exporter needs onnxscript: run `pip install onnxscript`")
+        if self.dtype not in DTYPES:
+            raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.compute not in (None, "float64", self.dtype):
+            raise ExportError(
+                f"compute must be {self.dtype!r} or 'float64' for a {self.dtype} export, got {self.compute!r}"
+            )
+        low, high = opset_range(self.exporter)
+        if self.opset is not None and (
+            not isinstance(self.opset, int) or isinstance(self.opset, bool) or not low <= self.opset <= high
+        ):
+            raise ExportError(
+                f"opset {self.opset!r} is not supported by the {self.exporter} exporter with the installed "
+                f"onnxruntime; choose an opset in {low}..{high}"
+            )
+
+    @property
+    def chosen_opset(self) -> int:
+        """The opset exported: the one asked for, else the exporter's default."""
+        return default_opset(self.exporter) if self.opset is None else self.opset
+
+    @property
+    def chosen_compute(self) -> str:
+        """How the graph computes: the one asked for, else in ``dtype`` (always ``dtype`` without lowerings)."""
+        return (self.compute or self.dtype) if lowerings.enabled() else self.dtype
+
+    def replace(self, **changes: Any) -> ExportOptions:
+        """A copy with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def export_options(options: ExportOptions | None = None, **changes: Any) -> ExportOptions:
+    """``options`` (default ExportOptions()) with keyword ``changes``: what to_onnx(..., opset=18) means."""
+    options = options or ExportOptions()
+    return options.replace(**changes) if changes else options
+
+
 def to_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike[str],
+    options: ExportOptions | None = None,
     *,
-    opset: int | None = None,
-    exporter: str = "torchscript",
-    dynamic_batch: bool = True,
     example_input: torch.Tensor | None = None,
-    dtype: str = "float32",
-    input_names: Sequence[str] = ("input",),
-    output_names: Sequence[str] = ("output",),
-    metadata: dict[str, str] | None = None,
-    compute: str | None = None,
+    **changes: Any,
 ) -> pathlib.Path:
     """Export ``model`` to a checked ONNX file at ``path`` (written atomically) and return the path.
 
-    The graph is exported in eval mode with the fixes of ``export.fixes`` applied, checked with
-    ``onnx.checker`` (full check) and shape inference, and must declare exactly ``opset``, the
-    requested dtype and, with ``dynamic_batch``, a symbolic batch axis on every input and output.
-    ``opset`` defaults to ``default_opset(exporter)``. ``metadata_props`` hold ``zoo.config`` and
-    ``zoo.training`` (JSON, when the model carries ``zoo_config`` / ``zoo_training``; no timings or
-    devices), ``zoo.version``, ``zoo.torch_version``, ``zoo.onnx_version``, ``zoo.opset``,
-    ``zoo.exporter``, ``zoo.dtype``, ``zoo.compute`` and the caller's ``metadata``: the same model
-    exported twice gives the same bytes, on any machine with the same packages.
-
-    ``compute`` is how the graph computes: in ``dtype`` (the default), node by node, or on request
-    in ``"float64"`` with one rounding at each output (runtimes without float64 kernels, such as
-    OpenVINO's CPU plugin and tract, refuse or narrow it).
+    ``options`` (an ExportOptions, or its fields as keywords) say how. The graph is exported in
+    eval mode with the installed lowerings (``export.lowerings``) applied, checked with
+    ``onnx.checker`` (full check) and shape inference, and must declare exactly the opset, the
+    dtype and, with ``dynamic_batch``, a symbolic batch axis on every input and output.
+    ``metadata_props`` hold ``zoo.config`` and ``zoo.training`` (JSON, when the model carries
+    ``zoo_config`` / ``zoo_training``; no timings or devices), ``zoo.version``,
+    ``zoo.torch_version``, ``zoo.onnx_version``, ``zoo.opset``, ``zoo.exporter``, ``zoo.dtype``,
+    ``zoo.compute`` and ``options.metadata``: the same model exported twice gives the same bytes,
+    on any machine with the same packages.
     Raises ``ExportError`` with the reason and the next step when any of that fails.
     """
-    _check_exporter(exporter)
-    opset = default_opset(exporter) if opset is None else opset
-    _check_opset(opset, exporter)
-    if dtype not in DTYPES:
-        raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    compute = compute or dtype
-    check_compute(compute, dtype)
-    example = _example_input(model, example_input, DTYPES[dtype], dynamic_batch)
+    options = export_options(options, **changes)
+    dtype, compute = options.dtype, options.chosen_compute
+    example = _example_input(model, example_input, DTYPES[dtype], options.dynamic_batch)
     with eval_copy(model, DTYPES[dtype]) as export_model:
-        proto = _export(export_model, example, opset, exporter, dynamic_batch, input_names, output_names)
-    if not fixes.enabled():
-        compute = dtype
-    proto = fixes.compute_in_float64(proto) if compute == "float64" else _narrow(proto, dtype)
+        proto = _export(export_model, example, options)
+    proto = passes.compute_in_float64(proto) if compute == "float64" else _narrow(proto, dtype)
     _strip_machine_facts(proto)
-    _validate(proto, opset, dtype, dynamic_batch, example.shape[0], input_names, output_names)
-    extra = {"zoo.compute": compute, **(metadata or {})}
-    _set_metadata(proto, model, opset=opset, exporter=exporter, dtype=dtype, extra=extra)
+    _validate(proto, options, example.shape[0])
+    _set_metadata(proto, model, options)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, proto.SerializeToString())
@@ -125,12 +175,6 @@ def default_opset(exporter: str = "torchscript") -> int:
     """The opset used when none is asked for: 17, or the exporter's lowest when that is higher (dynamo: 18)."""
     low, high = opset_range(exporter)
     return min(max(DEFAULT_OPSET, low), high)
-
-
-def check_compute(compute: str | None, dtype: str) -> None:
-    """Raise ExportError unless ``compute`` is None, ``dtype`` or 'float64'."""
-    if compute not in (None, "float64", dtype):
-        raise ExportError(f"compute must be {dtype!r} or 'float64' for a {dtype} export, got {compute!r}")
 
 
 # Node metadata the dynamo exporter writes that names files on the exporting machine.
@@ -151,28 +195,12 @@ def _strip_machine_facts(proto: onnx.ModelProto) -> None:
 
 def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:
     """The graph computing in ``dtype`` as torch does: float16 rounds explicitly after every node."""
-    if dtype != "float16" or not fixes.enabled():
+    if dtype != "float16" or not lowerings.enabled():
         return proto
     try:
-        return fixes.round_float16(copy.deepcopy(proto))
+        return passes.round_float16(copy.deepcopy(proto))
     except ValueError as error:
         raise ExportError(f"cannot export this model in float16: {error}; export in float32") from error
-
-
-def _check_exporter(exporter: str) -> None:
-    if exporter not in EXPORTERS:
-        raise ExportError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
-        raise ExportError("the dynamo exporter needs onnxscript: run `pip install onnxscript`")
-
-
-def _check_opset(opset: int, exporter: str) -> None:
-    low, high = opset_range(exporter)
-    if not isinstance(opset, int) or isinstance(opset, bool) or not low <= opset <= high:
-        raise ExportError(
-            f"opset {opset!r} is not supported by the {exporter} exporter with the installed "
-            f"onnxruntime; choose an opset in {low}..{high}"
-        )
 
 
 def _example_input(
@@ -209,41 +237,66 @@ def eval_copy(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[torch.nn.M
             module.training = training
 
 
-def _export(
-    model: torch.nn.Module,
-    example: torch.Tensor,
-    opset: int,
-    exporter: str,
-    dynamic_batch: bool,
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-) -> onnx.ModelProto:
-    names = {"input_names": list(input_names), "output_names": list(output_names)}
+def _export(model: torch.nn.Module, example: torch.Tensor, options: ExportOptions) -> onnx.ModelProto:
+    chosen = lowerings.active()
     try:
         with _quiet_exporter(), torch.no_grad():
-            if exporter == "dynamo":
-                return _export_dynamo(model, example, opset, dynamic_batch, names)
-            return _export_torchscript(model, example, opset, dynamic_batch, names)
+            if options.exporter == "dynamo":
+                return _export_dynamo(model, example, options, chosen)
+            return _export_torchscript(model, example, options, chosen)
     except ExportError:
         raise
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"the {exporter} exporter failed at opset {opset}: {first_line}") from error
+        raise ExportError(_failure(error, options)) from error
+
+
+# How each exporter says it has no lowering for an op (torchscript, then dynamo).
+_UNSUPPORTED = (
+    re.compile(r"Exporting the operator '(?:aten::)?(\w+)' to ONNX opset version \d+ is not supported"),
+    re.compile(r"No ONNX function found for <OpOverload\(op='(?:aten|prims)\.(\w+)'"),
+)
+
+
+def _failure(error: Exception, options: ExportOptions) -> str:
+    """The exporter's first line, and for an op without a lowering, how to add one."""
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else type(error).__name__
+    message = f"the {options.exporter} exporter failed at opset {options.chosen_opset}: {first_line}"
+    chain = [text, *(str(cause) for cause in _causes(error))]
+    missing = next((m.group(1) for pattern in _UNSUPPORTED for part in chain for m in [pattern.search(part)] if m), None)
+    if missing is None:
+        return message
+    problem = lowerings.installed().problems.get(missing)
+    if problem:
+        return f"{message}; its lowering is installed but unusable: {problem}"
+    return (
+        f"{message}; no lowering for aten::{missing} is installed: write one with "
+        f"@export.lowerings.lowering({missing!r}) and declare it under `zoo.onnx` in your package's setup.cfg "
+        "(README: Writing a plugin)"
+    )
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    cause = error.__cause__
+    while cause is not None:
+        yield cause
+        cause = cause.__cause__
 
 
 def _export_torchscript(
-    model: torch.nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool, names: dict
+    model: torch.nn.Module, example: torch.Tensor, options: ExportOptions, chosen: Sequence[lowerings.Lowering]
 ) -> onnx.ModelProto:
-    axes = {name: {0: BATCH_AXIS} for name in names["input_names"] + names["output_names"]}
+    names = _names(options)
+    axes = {name: {0: BATCH_AXIS} for name in options.input_names + options.output_names}
     buffer = io.BytesIO()
-    with fixes.torchscript_symbolics(opset):
+    with adapters.torchscript_symbolics(chosen, options.chosen_opset):
         torch.onnx.export(
             model,
             (example,),
             buffer,
             dynamo=False,
-            opset_version=opset,
-            dynamic_axes=axes if dynamic_batch else None,
+            opset_version=options.chosen_opset,
+            dynamic_axes=axes if options.dynamic_batch else None,
             do_constant_folding=True,
             **names,
         )
@@ -251,20 +304,24 @@ def _export_torchscript(
 
 
 def _export_dynamo(
-    model: torch.nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool, names: dict
+    model: torch.nn.Module, example: torch.Tensor, options: ExportOptions, chosen: Sequence[lowerings.Lowering]
 ) -> onnx.ModelProto:
-    shapes = ({0: torch.export.Dim(BATCH_AXIS)},) if dynamic_batch else None
+    shapes = ({0: torch.export.Dim(BATCH_AXIS)},) if options.dynamic_batch else None
     program = torch.onnx.export(
         model,
         (example,),
         dynamo=True,
-        opset_version=opset,
+        opset_version=options.chosen_opset,
         dynamic_shapes=shapes,
-        custom_translation_table=fixes.dynamo_translations(),
+        custom_translation_table=adapters.dynamo_translations(chosen),
         verbose=False,
-        **names,
+        **_names(options),
     )
     return program.model_proto
+
+
+def _names(options: ExportOptions) -> dict[str, list[str]]:
+    return {"input_names": list(options.input_names), "output_names": list(options.output_names)}
 
 
 @contextlib.contextmanager
@@ -296,26 +353,21 @@ def _native_stdout_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def _validate(
-    proto: onnx.ModelProto,
-    opset: int,
-    dtype: str,
-    dynamic_batch: bool,
-    batch: int,
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-) -> None:
+def _validate(proto: onnx.ModelProto, options: ExportOptions, batch: int) -> None:
     """Refuse a model of another opset, an invalid one, a wrong dtype or a fixed batch axis."""
     declared = {entry.domain: entry.version for entry in proto.opset_import}.get("", None)
-    if declared != opset:
-        raise ExportError(f"the exporter returned opset {declared} instead of {opset}; choose another opset")
+    if declared != options.chosen_opset:
+        raise ExportError(
+            f"the exporter returned opset {declared} instead of {options.chosen_opset}; choose another opset"
+        )
     try:
         onnx.checker.check_model(proto, full_check=True)
         proto.graph.CopyFrom(onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True).graph)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise ExportError(f"the exported model is invalid: {str(error).splitlines()[0]}") from error
-    _check_signature(proto.graph.input, list(input_names), "input", dtype, dynamic_batch, batch)
-    _check_signature(proto.graph.output, list(output_names), "output", dtype, dynamic_batch, batch)
+    for values, names, kind in ((proto.graph.input, options.input_names, "input"),
+                                (proto.graph.output, options.output_names, "output")):
+        _check_signature(values, list(names), kind, options.dtype, options.dynamic_batch, batch)
 
 
 def _check_signature(
@@ -338,23 +390,21 @@ def _check_signature(
             raise ExportError(f"{kind} {value.name!r} does not have the static batch size {batch}")
 
 
-def _set_metadata(
-    proto: onnx.ModelProto, model: torch.nn.Module, *, opset: int, exporter: str, dtype: str, extra: dict[str, str]
-) -> None:
+def _set_metadata(proto: onnx.ModelProto, model: torch.nn.Module, options: ExportOptions) -> None:
     props = {
         "zoo.version": _zoo_version(),
         "zoo.torch_version": torch.__version__,
         "zoo.onnx_version": onnx.__version__,
-        "zoo.opset": str(opset),
-        "zoo.exporter": exporter,
-        "zoo.dtype": dtype,
+        "zoo.opset": str(options.chosen_opset),
+        "zoo.exporter": options.exporter,
+        "zoo.dtype": options.dtype,
     }
     if isinstance(getattr(model, "zoo_config", None), dict):
         props["zoo.config"] = json.dumps(model.zoo_config, sort_keys=True)
     if isinstance(getattr(model, "zoo_training", None), dict):
         training = {k: v for k, v in model.zoo_training.items() if k not in MACHINE_TRAINING_FIELDS}
         props["zoo.training"] = json.dumps(training, sort_keys=True)
-    props.update({str(key): str(value) for key, value in extra.items()})
+    props.update({"zoo.compute": options.chosen_compute, **dict(options.metadata)})
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
 

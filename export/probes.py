@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DTYPES = ("float32", "float16")
+from export.options import DTYPES
+
 BATCH_SIZES = (1, 2, 7, 64)
 SCALES = (1e-3, 1e-1, 1.0, 10.0, 1e2, 1e3)
 SWEEP_LIMIT = 120.0

@@ -15,7 +15,7 @@ from torch import nn
 
 import zoo
 from export import ExportError, ParityError, to_onnx
-from export.onnx_export import DEFAULT_OPSET, _validate, onnxruntime_max_opset, opset_range
+from export.onnx_export import DEFAULT_OPSET, ExportOptions, _validate, onnxruntime_max_opset, opset_range
 from zoo.errors import ZooError
 
 
@@ -57,14 +57,14 @@ def test_opsets_outside_the_range_are_refused(tmp_path: Path, mlp: nn.Module, ex
 def test_exporter_returning_another_opset_is_refused(tmp_path: Path, mlp: nn.Module) -> None:
     proto = onnx.load(to_onnx(mlp, tmp_path / "m.onnx", opset=17))
     with pytest.raises(ExportError, match="returned opset 17 instead of 18"):
-        _validate(proto, 18, "float32", True, 2, ["input"], ["output"])
+        _validate(proto, ExportOptions(opset=18), 2)
 
 
 def test_invalid_model_is_refused(tmp_path: Path, mlp: nn.Module) -> None:
     proto = onnx.load(to_onnx(mlp, tmp_path / "m.onnx"))
     proto.graph.node[0].input[0] = "missing"
     with pytest.raises(ExportError, match="invalid"):
-        _validate(proto, DEFAULT_OPSET, "float32", True, 2, ["input"], ["output"])
+        _validate(proto, ExportOptions(), 2)
 
 
 def test_unknown_exporter_and_dtype(tmp_path: Path, mlp: nn.Module) -> None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import zoo
-from export import ExportError, bounds, check_parity, fixes, to_onnx
+from export import ExportError, bounds, check_parity, fix_table, lowerings, to_onnx
 from export.runtime.compare import compare_output
 
 pytestmark = pytest.mark.parity
@@ -35,7 +35,7 @@ def agrees(model: nn.Module, path: Path, values: list[list[float]], dtype: str =
 
 def export_both(model: nn.Module, tmp_path: Path, example: torch.Tensor, **options) -> tuple[Path | None, Path]:
     """(upstream's export or None if upstream refuses, ours)."""
-    with fixes.disabled():
+    with lowerings.disabled():
         try:
             upstream = to_onnx(model, tmp_path / "upstream.onnx", example_input=example, **options)
         except ExportError:
@@ -188,9 +188,9 @@ def test_the_same_model_exported_twice_gives_the_same_bytes(tmp_path: Path, expo
 
 
 def test_fixes_markdown_is_current() -> None:
-    path = Path(fixes.__file__).with_name("FIXES.md")
-    assert path.read_text() == fixes.markdown(), "regenerate: python -c 'from export import fixes; ...'"
-    documented = {f.test for f in fixes.FIXES} | {fixes.FLOAT16_ROUNDING[-1], fixes.FLOAT64_COMPUTE[-1]}
+    path = Path(fix_table.__file__).with_name("FIXES.md")
+    assert path.read_text() == fix_table.markdown(), "regenerate: python -c 'from export import fix_table; ...'"
+    documented = {f.test for f in fix_table.builtin()} | {fix_table.FLOAT16_ROUNDING[-1], fix_table.FLOAT64_COMPUTE[-1]}
     assert documented <= set(globals()), documented - set(globals())
 
 
@@ -286,6 +286,6 @@ def test_float32_only_kernels_run_between_casts(tmp_path: Path) -> None:
 
 def test_readme_fix_table_is_current() -> None:
     """The README's fix table is FIXES.md's, row for row."""
-    readme = (Path(fixes.__file__).parents[1] / "README.md").read_text()
-    rows = [line for line in fixes.markdown().splitlines() if line.startswith("| ") and "| --- |" not in line]
+    readme = (Path(fix_table.__file__).parents[1] / "README.md").read_text()
+    rows = [line for line in fix_table.markdown().splitlines() if line.startswith("| ") and "| --- |" not in line]
     assert rows and all(row in readme for row in rows), [row[:60] for row in rows if row not in readme]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import zoo
-from export import ParityError, ParityReport, bounds, check_parity, fixes, matrix, to_onnx
+from export import ParityError, ParityReport, bounds, check_parity, lowerings, matrix, to_onnx
 from export.probes import BATCH_SIZES, DTYPES, FINE_STEP, SWEEP_LIMIT, make_probes, special_values
 from export.runtime.compare import classify, compare_output
 
@@ -181,7 +181,7 @@ def test_a_wrong_lowering_is_located_at_its_module(tmp_path: Path, exporter: str
 
 def test_nan_positions_must_match(tmp_path: Path) -> None:
     model = nn.Hardshrink()
-    with fixes.disabled():  # upstream's torchscript lowering maps NaN to 0
+    with lowerings.disabled():  # upstream's torchscript lowering maps NaN to 0
         path = to_onnx(model, tmp_path / "m.onnx", example_input=torch.zeros(2, 4))
     report = check_parity(model, path, strict=False)
     assert not report.ok and report.outputs[0].failures == {"finite": 0, "nan": report.outputs[0].failures["nan"],

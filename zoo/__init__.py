@@ -20,7 +20,7 @@ from zoo.errors import (
     ZooError,
 )
 from zoo.models import model_builder, seeded
-from zoo.registry import PluginInfo, Registry, normalize
+from zoo.registry import PluginInfo, Registry, exact, normalize
 from zoo.text import article as _article
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ __all__ = [
     "layers",
     "list_models",
     "load_checkpoint",
+    "lowerings",
     "models",
     "normalize",
     "registries",
@@ -93,7 +94,9 @@ models = Registry(
     check=_module_check,
     build=model_builder({"activations": activations, "layers": layers}),
 )
-registries = {r.kind: r for r in (activations, layers, models, datasets)}
+# ONNX lowerings of torch ops (export/lowerings.py): keyed by the aten op they lower.
+lowerings = Registry("lowerings", group="zoo.onnx", key=exact)
+registries = {r.kind: r for r in (activations, layers, models, datasets, lowerings)}
 
 
 def create_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:

@@ -21,6 +21,13 @@ def normalize(name: str) -> str:
     return name.strip().casefold().replace("-", "").replace("_", "")
 
 
+def exact(name: str) -> str:
+    """The lookup key of a name that is an identifier of its own (an aten op: `softmax` is not `_softmax`)."""
+    if not isinstance(name, str) or not name.strip():
+        raise BadArgumentsError(f"a plugin name must be a non-empty string, got {name!r}")
+    return name.strip()
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     """One registration of a name: an entry point of a distribution, or an in-process register()."""
@@ -60,7 +67,7 @@ class PluginInfo:
 
 
 
-def _scan(group: str) -> dict[str, list[Source]]:
+def _scan(group: str, key: Callable[[str], str]) -> dict[str, list[Source]]:
     """Read the entry points of a group once, without importing anything they point to."""
     found: dict[str, list[Source]] = {}
     for ep in metadata.entry_points(group=group):
@@ -72,7 +79,7 @@ def _scan(group: str) -> dict[str, list[Source]]:
             version=dist.version if dist else "",
             entry_point=ep,
         )
-        same = found.setdefault(normalize(ep.name), [])
+        same = found.setdefault(key(ep.name), [])
         # Editable installs can expose one entry point twice: equal targets are one plugin.
         if all(s.target != source.target for s in same):
             same.append(source)
@@ -90,13 +97,15 @@ class Registry:
         aliases: dict[str, str | tuple[str, dict[str, Any]]] | None = None,
         check: Callable[[Any], str | None] | None = None,
         build: Callable[[str, Callable[..., Any], tuple, dict], Any] | None = None,
+        key: Callable[[str], str] = normalize,
     ) -> None:
         self.kind = kind
+        self.key = key
         self.singular = kind.removesuffix("s")
         self.group = group
-        self._alias_names = {normalize(alias): alias for alias in aliases or {}}
+        self._alias_names = {self.key(alias): alias for alias in aliases or {}}
         self._aliases = {
-            normalize(alias): (target, {}) if isinstance(target, str) else target
+            self.key(alias): (target, {}) if isinstance(target, str) else target
             for alias, target in (aliases or {}).items()
         }
         self._check = check
@@ -119,7 +128,7 @@ class Registry:
     # -- discovery (no imports) -------------------------------------------------------------
     def _sources(self) -> dict[str, list[Source]]:
         if self._scanned is None:
-            self._scanned = _scan(self.group)
+            self._scanned = _scan(self.group, self.key)
         merged = {key: list(sources) for key, sources in self._scanned.items()}
         for key, source in self._local.items():
             merged[key] = [source]  # an in-process registration replaces on purpose (override)
@@ -127,7 +136,7 @@ class Registry:
 
     def sources(self) -> Iterator[tuple[str, list[Source]]]:
         """Yield (canonical name, its registrations) sorted by name; more than one is a conflict."""
-        for sources in sorted(self._sources().values(), key=lambda s: normalize(s[0].name)):
+        for sources in sorted(self._sources().values(), key=lambda s: self.key(s[0].name)):
             yield sources[0].name, sources
 
     def names(self) -> list[str]:
@@ -140,12 +149,12 @@ class Registry:
 
     def aliases_of(self, name: str) -> tuple[str, ...]:
         """The aliases that resolve to the registered `name`."""
-        key = normalize(name)
-        return tuple(alias for alias, (target, _) in self.aliases().items() if normalize(target) == key)
+        key = self.key(name)
+        return tuple(alias for alias, (target, _) in self.aliases().items() if self.key(target) == key)
 
     def status(self, name: str) -> str:
         """`ok` once the plugin loaded, `broken` once it failed to, else `unchecked` (nothing imported yet)."""
-        key = normalize(name)
+        key = self.key(name)
         return "ok" if key in self._loaded else "broken" if key in self._failed else "unchecked"
 
     def cache_clear(self) -> None:
@@ -157,14 +166,14 @@ class Registry:
     # -- lookup -----------------------------------------------------------------------------
     def _lookup(self, name: str) -> tuple[str, dict[str, Any]]:
         """Resolve a name or alias to (normalized registered key, alias keyword arguments)."""
-        key = normalize(name)
+        key = self.key(name)
         sources = self._sources()
         if key in sources:
             return key, {}
         if key in self._aliases:
             target, defaults = self._aliases[key]
-            if normalize(target) in sources:
-                return normalize(target), dict(defaults)
+            if self.key(target) in sources:
+                return self.key(target), dict(defaults)
         raise UnknownNameError(self.singular, name, [*self.names(), *self._alias_names.values()])
 
     def resolve(self, name: str) -> tuple[str, dict[str, Any]]:
@@ -256,7 +265,7 @@ class Registry:
     # -- in-process registration ------------------------------------------------------------
     def register(self, name: str, *, override: bool = False) -> Callable[[Any], Any]:
         """Decorator registering a class or factory under a name in this process (notebooks, tests)."""
-        key = normalize(name)
+        key = self.key(name)
 
         def decorator(obj: Any) -> Any:
             if not callable(obj):
@@ -277,7 +286,7 @@ class Registry:
 
     def unregister(self, name: str) -> None:
         """Remove an in-process registration made with register()."""
-        key = normalize(name)
+        key = self.key(name)
         if key not in self._local:
             raise UnknownNameError(self.singular, name, [s.name for s in self._local.values()])
         del self._local[key]

@@ -5,7 +5,8 @@ y = OnnxModel("mlp.onnx").run(x)
 verify_bundle("mlp-bundle").ok                        # or runtime="openvino" / "tract" (optional extras)
 """
 
-from export.runtime.backends import RUNTIMES, RuntimeLoadError, RuntimeMissingError
+from export.options import RUNTIMES
+from export.runtime.backends import RuntimeLoadError, RuntimeMissingError
 from export.runtime.compare import OutputVerdict, compare_output
 from export.runtime.model import InputError, ModelFileError, OnnxModel
 from export.runtime.tensor_proto import TensorProtoError, encode_tensor, read_tensor

@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from export.options import RUNTIMES
+
 Runner = Callable[[np.ndarray], list[np.ndarray]]
-RUNTIMES = ("onnxruntime", "openvino", "tract")
 _PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tract": "tract"}
 
 

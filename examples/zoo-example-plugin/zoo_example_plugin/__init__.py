@@ -20,3 +20,14 @@ class Squareplus(nn.Module):
 
     def extra_repr(self) -> str:
         return f"b={self.b}"
+
+
+class BesselBump(nn.Module):
+    """The exponentially scaled Bessel function I0e(x) = exp(-|x|) I0(x): a smooth bump, 1 at 0, tails like |x|^-1/2.
+
+    Neither ONNX exporter of torch lowers ``torch.special.i0e``; this package's lowering
+    (zoo_example_plugin.lowering) does, through its ``zoo.onnx`` entry point.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.i0e(x)

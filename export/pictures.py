@@ -1,0 +1,45 @@
+"""The pictures of a `zoo run`: every activation that built, and the training loss of every row."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+
+from export.run_rows import Row
+from zoo.errors import ZooError
+
+
+def draw_pictures(rows: Sequence[Row], out: pathlib.Path, *, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Write activations.png (activations that built and did not crash) and training.png; return (written, problems)."""
+    from zoo import plots
+
+    activations = [row.activation for row in rows if row.model == "mlp" and row.stage not in ("build", "crash")]
+    regression: dict[str, list[float]] = {}
+    for recipe, history in (("default recipe", lambda r: r.history),
+                            ("notes' recipe", lambda r: r.regression["notes"]["history"])):
+        same: dict[tuple[float, ...], list[str]] = {}  # the layers compute the same numbers: one curve each
+        for row in rows:
+            if row.regression:
+                same.setdefault(tuple(history(row)), []).append(row.layer)
+        regression.update({f"{recipe}: {', '.join(layers)}": list(h) for h, layers in same.items()})
+    mlp = {row.activation: row.history for row in rows if row.model == "mlp" and row.history}
+    panels = {f"linear_regression on {_datasets(rows, 'linear_regression')}": regression,
+              f"mlp on {_datasets(rows, 'mlp')}, one curve per activation": mlp}
+    pictures = {
+        "activations.png": (lambda path: plots.plot_activations(activations, path, seed=seed), activations),
+        "training.png": (lambda path: plots.plot_training(panels, path), regression or mlp),
+    }
+    written, problems = [], []
+    for filename, (draw, wanted) in pictures.items():
+        try:
+            if wanted:
+                draw(out / filename)
+                written.append(filename)
+        except ZooError as exc:
+            problems.append(f"{filename} not drawn: {exc}")
+    return written, problems
+
+
+def _datasets(rows: Sequence[Row], model: str) -> str:
+    """The datasets rows of `model` trained on, quoted: "'linear'"."""
+    return ", ".join(f"'{name}'" for name in dict.fromkeys(row.dataset for row in rows if row.model == model)) or "-"
