@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 import zoo
+from export.options import COMPUTE, DTYPES, EXPORTERS, RUNTIMES
 from zoo.cli import CHECKPOINT_SUFFIXES, emit_json, model_training_options, train_from_options
 from zoo.files import check_output, parents_made
 
@@ -58,7 +59,7 @@ def _progress(message: str) -> None:
 )
 @click.option(
     "--exporter",
-    type=click.Choice(["torchscript", "dynamo"]),
+    type=click.Choice(EXPORTERS),
     default="torchscript",
     show_default=True,
     help="torchscript is fast; dynamo goes through torch.export and needs onnxscript.",
@@ -74,14 +75,14 @@ def _progress(message: str) -> None:
 )
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "float16"]),
+    type=click.Choice(DTYPES),
     default="float32",
     show_default=True,
     help="Export dtype.",
 )
 @click.option(
     "--compute",
-    type=click.Choice(["float16", "float32", "float64"]),
+    type=click.Choice(COMPUTE),
     default=None,
     help="How the graph computes  [default: --dtype]. float64 rounds once at each output, but tract "
     "refuses such a graph and OpenVINO runs it in float32.",
@@ -121,39 +122,40 @@ def export_command(
     the exit status is 1.
     """
     from export.bundle import failed_path, is_bundle, preflight, write_bundle, write_onnx
-    from export.onnx_export import default_opset
+    from export.onnx_export import ExportOptions
     from export.parity import ParityError
 
     started = time.perf_counter()
-    opset = default_opset(exporter) if opset is None else opset
+    options = ExportOptions(opset=opset, exporter=exporter, dtype=dtype, compute=compute,
+                            dynamic_batch=not static_batch)
+    opset = options.chosen_opset
     check_output(out, suffixes=() if test_data else (".onnx",), what="an ONNX model", directory=test_data)
     if out.exists() and not force and (is_bundle(out) if test_data else out.is_file()):
         raise click.ClickException(f"{out} already exists; pass --force to replace it")
-    with parents_made(out):  # missing directories are created, as every zoo command does
-        preflight(out, bundle=test_data, overwrite=force, opset=opset, exporter=exporter, dtype=dtype,
-                  compute=compute)  # before training
-    model, trained = _model(ctx, source, training, progress=False if as_json else None)
-    _progress(f"exporting to {out} (opset {opset}, {exporter}, {dtype}) and checking parity ...")
-    options = {"opset": opset, "exporter": exporter, "dtype": dtype, "dynamic_batch": not static_batch,
-               "compute": compute}
-    try:
-        if test_data:
-            write_bundle(model, out, overwrite=force, keep_on_failure=keep_on_failure, **options)
-            parity = _bundle_parity(out)
-        else:
-            parity = write_onnx(model, out, overwrite=force, keep_on_failure=keep_on_failure, **options).to_dict()
-    except ParityError as exc:
-        _report_parity_failure(exc, as_json)
-        if keep_on_failure:
-            kept = failed_path(out)
-            raise click.ClickException(f"parity failed; kept the failing {'bundle' if test_data else 'model'} "
-                                       f"as {kept} (worst element at {exc.report.worst_ratio:.3g} of its bound)")
-        raise
+    # Missing directories are created, as every zoo command does, and removed again if the export fails.
+    with parents_made(out):
+        preflight(out, bundle=test_data, overwrite=force)  # before training
+        model, trained = _model(ctx, source, training, progress=False if as_json else None)
+        _progress(f"exporting to {out} (opset {opset}, {exporter}, {dtype}) and checking parity ...")
+        write = write_bundle if test_data else write_onnx
+        try:
+            report = write(model, out, options, overwrite=force, keep_on_failure=keep_on_failure)
+            parity = _bundle_parity(out) if test_data else report.to_dict()
+        except ParityError as exc:
+            _report_parity_failure(exc, as_json)
+            if keep_on_failure:
+                kept = failed_path(out)
+                raise click.ClickException(f"parity failed; kept the failing {'bundle' if test_data else 'model'} "
+                                           f"as {kept} (worst element at {exc.report.worst_ratio:.3g} of its bound)")
+            raise
     summary = {
         "path": str(out),
         "bundle": test_data,
         "source": source,
-        **options,
+        "opset": opset,
+        "exporter": exporter,
+        "dtype": dtype,
+        "dynamic_batch": options.dynamic_batch,
         "compute": _chosen_compute(out / "model.onnx" if test_data else out),
         "parity": parity,
         "training": trained,
@@ -163,7 +165,7 @@ def export_command(
         emit_json(summary)
         return
     kind = "bundle" if test_data else "model"
-    batch = "dynamic" if options["dynamic_batch"] else "static"
+    batch = "dynamic" if options.dynamic_batch else "static"
     computed = f" computed in {summary['compute']}" if summary["compute"] not in (dtype, None) else ""
     click.echo(f"wrote {kind} {out} (opset {opset}, {exporter}, {dtype}{computed}, {batch} batch)")
     click.echo(
@@ -229,7 +231,7 @@ def _num(value: Any) -> str:
 @click.argument("bundle", metavar="BUNDLE", type=click.Path(path_type=pathlib.Path))
 @click.option(
     "--runtime",
-    type=click.Choice(["onnxruntime", "openvino", "tract"]),
+    type=click.Choice(RUNTIMES),
     default="onnxruntime",
     show_default=True,
     help="The runtime to replay the bundle in (openvino and tract are optional extras: pip install 'zoo[openvino]').",

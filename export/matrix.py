@@ -16,7 +16,6 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,11 @@ from typing import Any
 import torch
 
 import zoo
-from export import fixes
+from export import lowerings
+from export.cluster import ClusterError, tasks
 from export.onnx_export import DEFAULT_OPSET, EXPORTERS, ExportError, opset_range, to_onnx
+from export.options import DTYPES
 from export.parity import check_parity
-from export.probes import DTYPES
 
 # Activation variants beyond each registered activation with its defaults.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -110,33 +110,39 @@ def build(case: Case) -> tuple[torch.nn.Module, torch.Tensor]:
     return model, torch.randn(2, MLP_CONFIG["in_features"], generator=generator)
 
 
-def run_case(case: Case, directory: Path, *, upstream: bool = False) -> Result:
-    """Export one case (with or without our fixes) and check its parity."""
+def run_case(work: tuple[Case, bool]) -> Result:
+    """Export one case (with our lowerings, or upstream's when the flag is set) and check its parity."""
+    case, upstream = work
     start = time.perf_counter()
-    model, example = build(case)
-    path = directory / f"{case.label()}-{'upstream' if upstream else 'ours'}.onnx"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: threads only contend with the other workers
     try:
-        with fixes.disabled() if upstream else contextlib.nullcontext():
-            to_onnx(model, path, opset=case.opset, exporter=case.exporter, dtype=case.dtype, example_input=example)
-        report = check_parity(model, path, strict=False, explain=False)
+        model, example = build(case)
+        with tempfile.TemporaryDirectory(prefix="zoo-matrix-") as directory:
+            path = Path(directory) / f"{case.label()}.onnx"
+            with lowerings.disabled() if upstream else contextlib.nullcontext():
+                to_onnx(model, path, opset=case.opset, exporter=case.exporter, dtype=case.dtype,
+                        example_input=example)
+            report = check_parity(model, path, strict=False, explain=False)
+        report.path = path.name  # the case, not the throwaway directory it was checked in
         ok, detail = report.ok, report.explain()
     except ExportError as error:
         ok, detail = False, f"export failed: {error}"
     finally:
-        path.unlink(missing_ok=True)
+        torch.set_num_threads(threads)
     return Result(case, upstream, ok, detail, time.perf_counter() - start)
 
 
-def run(selected: list[Case], *, upstream: bool, jobs: int = 1, stream: Any = sys.stderr) -> list[Result]:
-    """Run cases (ours, and upstream's when asked) in ``jobs`` processes, with a progress line."""
+def run(selected: list[Case], *, upstream: bool, jobs: int = 1, cluster: str | None = None,
+        stream: Any = sys.stderr) -> list[Result]:
+    """Run cases (ours, and upstream's when asked) in ``jobs`` processes or on a Dask cluster, with progress."""
     work = list(itertools.product(selected, (False, True) if upstream else (False,)))
     results = []
-    with tempfile.TemporaryDirectory(prefix="zoo-matrix-") as directory, ProcessPoolExecutor(
-        jobs, initializer=torch.set_num_threads, initargs=(1,)  # small models: threads only contend
-    ) as pool:
-        futures = [pool.submit(run_case, case, Path(directory), upstream=is_upstream) for case, is_upstream in work]
-        for index, future in enumerate(as_completed(futures), 1):
-            result = future.result()
+    with contextlib.ExitStack() as stack:
+        finished, _ = tasks(run_case, work, jobs=jobs, stack=stack, address=cluster)
+        for index, ((case, is_upstream), result) in enumerate(finished, 1):
+            if isinstance(result, BaseException):  # the worker died, or the task could not run
+                result = Result(case, is_upstream, False, f"{type(result).__name__}: {result}", 0.0)
             results.append(result)
             side = "upstream" if result.upstream else "ours"
             line = f"[{index}/{len(work)}] {result.case.label()} {side}: {'ok' if result.ok else 'FAIL'}"
@@ -185,14 +191,21 @@ def _mark(ok: bool | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the matrix and print the table and pass rates; exit 1 if any of ours fails."""
-    parser = argparse.ArgumentParser(prog="python -m export.matrix", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export.matrix", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="default and highest opset only")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--no-upstream", dest="upstream", action="store_false", help="skip the upstream baseline")
     parser.add_argument("--activation", action="append", help="only these activations (repeatable)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="worker processes (with --cluster local: Dask workers)")
+    parser.add_argument("--cluster", metavar="ADDRESS",
+                        help="run cases on the Dask scheduler at ADDRESS, or 'local' for a LocalCluster here")
     args = parser.parse_args(argv)
-    results = run(cases(args.quick, args.activation), upstream=args.upstream, jobs=args.jobs)
+    try:
+        results = run(cases(args.quick, args.activation), upstream=args.upstream, jobs=args.jobs,
+                      cluster=args.cluster)
+    except ClusterError as error:
+        parser.exit(2, f"python -m export.matrix: error: {error}\n")
     rates = pass_rates(results)
     if args.json:
         print(json.dumps({"pass_rates": rates, "results": [_result_json(r) for r in results]}, indent=2))

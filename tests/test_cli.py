@@ -144,7 +144,7 @@ def test_example_package_installs_with_pip_and_joins_the_registry(tmp_path):
     env = {"PYTHONPATH": str(target)}
     rows = {row["name"]: row for row in json.loads(run_zoo("list", "activations", "--json", env=env).stdout)}
     assert rows["squareplus"]["target"] == "zoo_example_plugin:Squareplus"
-    assert rows["squareplus"]["distribution"] == "zoo-example-plugin 0.1.0"
+    assert rows["squareplus"]["distribution"] == "zoo-example-plugin 0.2.0"
     shown = run_zoo("show", "squareplus", env=env)
     assert "squareplus(b: float = 4.0)" in shown.stdout
     code = (

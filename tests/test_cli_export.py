@@ -175,7 +175,7 @@ def test_a_tampered_bundle_fails_verification(bundle, tmp_path):
     [
         (("export", "mpl", "-o", "{tmp}/m.onnx"), ("unknown model 'mpl'", "did you mean 'mlp'")),
         (("export", "mlp", "-o", "{tmp}/m.onnx", "--opset", "99"), ("opset 99", "13..")),
-        (("export", "mlp", "-o", "{tmp}/m.onnx", "--exporter", "dynamo", "--opset", "17"), ("choose 18..",)),
+        (("export", "mlp", "-o", "{tmp}/m.onnx", "--exporter", "dynamo", "--opset", "17"), ("choose an opset in 18..",)),
         (("export", "mlp", "-o", "{tmp}/no/such/dir/m.onnx", "--opset", "99"), ("opset 99",)),  # no dir left
         (("export", "{ckpt}", "-o", "{tmp}/existing/m.onnx"), ("existing is a file, not a directory",)),
         (("export", "{ckpt}", "-o", "{tmp}/m"), ("an ONNX model file ends in .onnx (e.g. m.onnx)",)),

@@ -6,16 +6,18 @@ import json
 import os
 import pty
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, run_zoo, write_distribution
 
 import zoo
-from export import pipeline
+from export import run_rows
 from export.runtime import verify_bundle
 from zoo.cli import main
 from zoo.errors import BadArgumentsError
@@ -89,18 +91,35 @@ def broken_run(cli_run, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 
 
 def test_plan_has_every_regression_layer_activation_and_variant() -> None:
-    names = [job.name for job in pipeline.plan()]
+    names = [job.name for job in run_rows.plan()]
     assert names[:3] == ["linreg-einsum_linear", "linreg-param_linear", "linreg-linear"]
     expected = [f"mlp-{name}" for name in zoo.activations.names()] + ["mlp-gelu_tanh"]
     assert names[3:] == expected
-    assert [job.name for job in pipeline.plan(only=SELECTION)] == ["linreg-linear", "mlp-relu", "mlp-relu6"]
+    assert [job.name for job in run_rows.plan(only=SELECTION)] == ["linreg-linear", "mlp-relu", "mlp-relu6"]
     with pytest.raises(BadArgumentsError, match="'nosuch' matches no row"):
-        pipeline.plan(only=["mlp-relu", "nosuch"])
+        run_rows.plan(only=["mlp-relu", "nosuch"])
 
 
 def test_plan_includes_third_party_activations(third_party) -> None:
     third_party("cubic-act", {"zoo.activations": {"cubic": "cubic_act:Cubic"}})
-    assert "mlp-cubic" in [job.name for job in pipeline.plan()]
+    assert "mlp-cubic" in [job.name for job in run_rows.plan()]
+
+
+def test_plan_has_a_row_for_every_registered_layer(third_party) -> None:
+    third_party("wide-layer", {"zoo.layers": {"zz_linear": "torch.nn:Linear"}})
+    names = [job.name for job in run_rows.plan(only=["linreg-*"])]
+    assert names == ["linreg-einsum_linear", "linreg-param_linear", "linreg-linear", "linreg-zz_linear"]
+
+
+def test_rows_record_seconds_per_stage(cli_run) -> None:
+    report = cli_run[2]
+    for row in report["models"]:
+        seconds = row["seconds"]
+        assert {"train", "export", "parity", "total"} <= set(seconds), seconds
+        assert all(value > 0 for value in seconds.values())
+        assert sum(v for k, v in seconds.items() if k != "total") <= seconds["total"]
+    assert "regression" in report["models"][0]["seconds"]
+    assert report["settings"]["interrupted"] is False and report["settings"]["cluster"] is None
 
 
 def test_run_succeeds_and_writes_report_bundles_and_pictures(cli_run) -> None:
@@ -199,3 +218,27 @@ def test_progress_is_drawn_on_a_terminal_only(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "[1/1] linreg-linear: ok" in drawn
     assert "[1/1]" not in result.stdout.decode() and "1/1 ok in" in result.stdout.decode()
+
+
+def test_ctrl_c_writes_the_report_of_the_finished_rows(tmp_path: Path) -> None:
+    """SIGINT after the first bundle is in place: exit 130, one line, a partial report, nothing half-written."""
+    out = tmp_path / "zoo-out"
+    args = ["--only", "linreg-linear", "--only", "mlp-relu*", "--only", "mlp-tanh*", "--jobs", "1"]
+    process = subprocess.Popen([sys.executable, "-m", "zoo", "run", "-o", str(out), *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 240
+    while not (out / "models" / "linreg-linear" / "manifest.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no bundle before the deadline"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0] and "report.md" in lines[0], stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["ok"] is False and report["settings"]["interrupted"] is True and report["settings"]["rows"] == 5
+    names = [row["name"] for row in report["models"]]
+    assert names and names[0] == "linreg-linear" and len(names) < 5 and all(row["ok"] for row in report["models"])
+    assert "Interrupted" in (out / "report.md").read_text()
+    assert sorted(p.name for p in (out / "models").iterdir()) == names  # no staged or half-written bundle
+    assert not list(out.rglob(".*")), "temporary files left behind"

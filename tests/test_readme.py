@@ -50,6 +50,16 @@ def test_every_substitute_and_mention_is_still_in_the_readme():
 
 
 @pytest.fixture(scope="module")
+def example_plugin(tmp_path_factory):
+    """`pip install ./examples/zoo-example-plugin`, as the README's plugin section has it (into a directory)."""
+    target = tmp_path_factory.mktemp("example-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(ROOT / "examples" / "zoo-example-plugin")],
+                   check=True, capture_output=True, text=True)
+    return {"PYTHONPATH": str(target)}
+
+
+@pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A directory where the README's Python blocks ran, in order, as a user would paste them."""
     where = tmp_path_factory.mktemp("readme")
@@ -64,9 +74,9 @@ def test_python_blocks_run(workdir):
     assert (workdir / "lin.pt").is_file() and (workdir / "mlp.onnx").is_file()
 
 
-def test_zoo_commands_run(workdir, monkeypatch):
+def test_zoo_commands_run(workdir, example_plugin, monkeypatch):
     monkeypatch.chdir(workdir)
     for command in zoo_commands():
         run = SUBSTITUTES.get(command, command).replace("DIR", "lin-bundle")
-        result = run_zoo(*shlex.split(run)[1:])
+        result = run_zoo(*shlex.split(run)[1:], env=example_plugin)
         assert result.returncode == 0, f"README command {command!r} (ran {run!r}) failed:\n{result.stderr}"

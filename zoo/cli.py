@@ -133,7 +133,7 @@ def list_command(kind: str | None, pattern: str | None, as_json: bool, check: bo
     """List plugins with their aliases and a one-line description: every KIND, or one.
 
     \b
-    KIND is activations, layers, models or datasets. PATTERN keeps the names (or aliases) that
+    KIND is activations, layers, models, datasets or lowerings. PATTERN keeps the names (or aliases) that
     match a shell wildcard, e.g. `zoo list activations 'soft*'`; alone, it filters every kind.
     Reads package metadata and plugin sources only (fast, imports no plugin) unless --check is
     given; until then a plugin's status is "unchecked".
@@ -177,8 +177,9 @@ def show_command(name: str, kind: str | None, as_json: bool) -> None:
     if not found:
         known = [n for k in kinds for n in zoo.registries[k].names()]
         raise UnknownNameError(zoo.registries[kind].singular if kind else "plugin", name, known)
+    lowered = {info.kind: _lowerings_used(info) for info in found}
     if as_json:
-        emit_json([info.to_json() for info in found])
+        emit_json([{**info.to_json(), "lowerings": lowered[info.kind]} for info in found])
         return
     for info in found:
         click.secho(f"{info.name} ({info.kind})", bold=True)
@@ -187,7 +188,23 @@ def show_command(name: str, kind: str | None, as_json: bool) -> None:
         click.echo(f"  signature:    {info.name}{info.signature}")
         if info.aliases:
             click.echo(f"  aliases:      {', '.join(info.aliases)}")
+        if lowered[info.kind] is not None:
+            used = "; ".join(lowered[info.kind]) or "upstream's lowering (no zoo.onnx lowering applies)"
+            click.echo(f"  exports with: {used}")
         click.echo(f"  {info.doc}")
+
+
+def _lowerings_used(info: zoo.PluginInfo) -> list[str] | None:
+    """The `zoo.onnx` lowerings a module plugin built with its defaults exports with (None: not a module)."""
+    if info.kind not in ("activations", "models"):
+        return None
+    from zoo.op_lowerings import lowerings_used
+
+    try:
+        module = zoo.registries[info.kind].create(info.name)
+    except ZooError:
+        return None
+    return [source.describe() for source in lowerings_used(module, zoo.lowerings)]
 
 
 @cli.group("plot")
