@@ -187,6 +187,7 @@ def test_divergence_in_the_last_update_is_caught_by_the_final_loss(linear_data):
         ({"weight_decay": 0.1}, BadArgumentsError, "'lbfgs' has no weight decay"),
         ({"device": "tpu"}, DeviceError, "unknown device 'tpu'"),
         ({"device": "meta"}, DeviceError, "device 'meta' is not supported"),
+        ({"device": "cpu:1"}, DeviceError, "device 'cpu:1' does not exist: torch has one CPU device"),
     ],
 )
 def test_bad_settings_are_clear_errors(kwargs, error, message, linear_data):

@@ -125,6 +125,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError, ValueError) as exc:
         raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
     if resolved.type == "cpu":
+        if resolved.index not in (None, 0):
+            raise DeviceError(f"device {device!r} does not exist: torch has one CPU device, use cpu")
         return resolved
     if resolved.type != "cuda":
         raise DeviceError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
