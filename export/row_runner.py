@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import re
@@ -108,17 +109,28 @@ def _renamed(manifest: bytes, staged: pathlib.Path, final: pathlib.Path) -> byte
     return manifest.replace(quoted(staged), quoted(final))
 
 
+def _mean(values: list[float]) -> float:
+    """A correctly rounded mean: the same bits whatever the thread count or BLAS."""
+    return math.fsum(values) / len(values)
+
+
+def _least_squares(x: list[float], y: list[float]) -> tuple[float, float]:
+    """The (w, b) of y = w x + b by least squares, in exactly rounded sums so every machine agrees."""
+    x_mean, y_mean = _mean(x), _mean(y)
+    dx = [xi - x_mean for xi in x]
+    w = math.fsum(d * (yi - y_mean) for d, yi in zip(dx, y)) / math.fsum(d * d for d in dx)
+    return w, y_mean - w * x_mean
+
+
 def _compare_regression(job: Job, model: Any, data: Any, *, device: str, seed: int) -> dict[str, Any]:
     """Learned (w, b) next to the notes' recipe run here, the notes' printed numbers and least squares."""
-    import torch
-
     notes_model = zoo.create_model(**job.model, seed=seed)
     notes = zoo.train(notes_model, data, recipe="notes", device=device, seed=seed, progress=False)
-    x, y = data.x.double().cpu(), data.y.double().cpu()
-    w_ols, b_ols = torch.linalg.lstsq(torch.cat([x, torch.ones_like(x)], dim=1), y).solution.flatten().tolist()
+    x, y = data.x.double().cpu().flatten().tolist(), data.y.double().cpu().flatten().tolist()
+    w_ols, b_ols = _least_squares(x, y)
 
     def fit(w: float, b: float) -> dict[str, float]:
-        return {"w": w, "b": b, "mse": float(((w * x + b - y) ** 2).mean())}
+        return {"w": w, "b": b, "mse": _mean([(w * xi + b - yi) ** 2 for xi, yi in zip(x, y)])}
 
     fits: dict[str, Any] = {
         "default": fit(*_weight_bias(model)),
