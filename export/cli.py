@@ -19,8 +19,8 @@ import click
 
 import zoo
 from export.options import COMPUTE, DTYPES, EXPORTERS, RUNTIMES
-from zoo.cli import CHECKPOINT_SUFFIXES, emit_json, model_training_options, train_from_options
 from zoo.files import check_output, parents_made
+from zoo.options import CHECKPOINT_SUFFIXES, emit_json, model_training_options, train_from_options
 
 
 @contextlib.contextmanager

@@ -1,19 +1,22 @@
-"""Graph passes applied to an exported model: float16 rounding made explicit, float64 compute.
+"""Graph passes applied to an exported model, on onnx_ir's pass API: float16 rounding made explicit, float64 compute.
 
-``round_float16`` makes float16 rounding explicit after every node, because onnxruntime's CPU
+``RoundFloat16Pass`` makes float16 rounding explicit after every node, because onnxruntime's CPU
 provider computes float16 chains in float32 without rounding in between, which is neither ONNX's
-nor torch's arithmetic. ``compute_in_float64`` computes a float32 graph in float64 and rounds once
-at its outputs (on request only).
+nor torch's arithmetic. ``ComputeInFloat64Pass`` computes a float32 graph in float64 and rounds once
+at its outputs (on request only). ``round_float16`` and ``compute_in_float64`` run them on a ModelProto.
+Every value a pass adds is named after the value it comes from (``x__f32``, ``y__f16``), so the
+same graph always gives the same bytes; a graph a pass cannot rewrite raises ``ValueError``.
 """
 
 from __future__ import annotations
 
 import functools
 
-import numpy as np
 import onnx
+import onnx_ir as ir
+from onnx_ir.passes import common
 
-_F16, _F32, _F64 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
+_F16, _F32, _F64 = ir.DataType.FLOAT16, ir.DataType.FLOAT, ir.DataType.DOUBLE
 _NARROW = (_F16, _F32)
 _FLOATS = (_F16, _F32, _F64)
 # Ops whose float16 result is one of their (already float16) inputs, so rounding changes nothing.
@@ -25,7 +28,64 @@ _TYPED_OPS = frozenset({"EyeLike", "RandomNormal", "RandomNormalLike", "RandomUn
                         "Bernoulli", "Multinomial", "If", "Loop", "Scan"})
 
 
+def round_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The float16 ``model`` with an explicit float16 rounding after every node (see RoundFloat16Pass)."""
+    return _run(model, _infer_types(), RoundFloat16Pass())
+
+
 def compute_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The float32 or float16 ``model`` computed in float64, rounded once at each output (see ComputeInFloat64Pass)."""
+    return _run(model, common.InlinePass(), _infer_types(), ComputeInFloat64Pass())
+
+
+def _infer_types() -> ir.passes.PassBase:
+    """onnx shape inference as the passes need it: types only, never refusing a graph."""
+    return common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=False)
+
+
+def _run(proto: onnx.ModelProto, *steps: ir.passes.PassBase) -> onnx.ModelProto:
+    model = ir.from_proto(proto)
+    ir.passes.Sequential(*steps)(model)
+    return ir.to_proto(model)
+
+
+class RoundFloat16Pass(ir.passes.InPlacePass):
+    """Compute a float16 graph in float32 with an explicit float16 rounding after every node.
+
+    The result is the ONNX float16 semantics (every node's output is a float16 value), written
+    so that onnxruntime's CPU provider cannot skip the roundings: it runs float16 nodes in float32
+    and drops the casts between consecutive ones, which lets hidden values exceed 65504 and
+    accumulate differently from torch. Inputs, outputs and stored weights stay float16.
+    Needs value types (run shape inference first).
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        refused = sorted({node.op_type for node in graph} & _TYPED_OPS)
+        if refused:
+            raise ValueError(f"cannot make float16 rounding explicit around {refused}")
+        nodes = list(graph)
+        outputs = {index: (value.name, _F16) for index, value in enumerate(graph.outputs) if value.dtype == _F16}
+        wide: dict[ir.Value, ir.Value] = {}  # float16 value -> the float32 value later nodes read
+        widen = [_cast(value, _F32, "__f32") for value in [*graph.inputs, *graph.initializers.values()]
+                 if value.dtype == _F16]
+        for cast in widen:
+            wide[cast.inputs[0]] = cast.outputs[0]
+        _prepend(graph, widen)
+        for node in nodes:
+            _read_through(node, wide)
+            node.attributes.update(_widened_attributes(node, _F32))
+            rounding: list[ir.Node] = []
+            for value in node.outputs:
+                if value.dtype == _F16 or (node.op_type == "Cast" and _cast_target(node) == _F16):
+                    rounding.extend(_rounding(node, value, wide))
+            if rounding:
+                graph.insert_after(node, rounding)
+        _round_outputs(graph, outputs, wide)
+        return ir.passes.PassResult(model, modified=True)
+
+
+class ComputeInFloat64Pass(ir.passes.InPlacePass):
     """Compute a float32 or float16 graph in float64 and round once, at each output.
 
     Where a trained layer's terms nearly cancel, every float32 evaluation of it (torch's or
@@ -34,85 +94,149 @@ def compute_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     Computed in float64, the exported graph gives the correctly rounded value of torch's function,
     never farther from it than torch's own arithmetic. Weights are stored as float64 copies of the
     model's (exact); a node that onnxruntime has no float64 kernel for runs in float32 between casts.
+    Needs value types (run shape inference first) and no local functions (inline them first).
     """
-    if model.functions:
-        model = onnx.inliner.inline_local_functions(model)
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.input, *inferred.value_info, *inferred.output]}
-    types.update({t.name: t.data_type for t in model.graph.initializer})
-    opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
-    graph = model.graph
-    outputs = {v.name: v.type.tensor_type.elem_type for v in graph.output if v.type.tensor_type.elem_type in _NARROW}
-    alias: dict[str, str] = {}  # original name -> the name its float64 value is read by
-    nodes: list[onnx.NodeProto] = []
-    for value in graph.input:
-        if value.type.tensor_type.elem_type in _NARROW:
-            alias[value.name] = _cast(nodes, value.name, f"{value.name}__f64", _F64)
-    for tensor in graph.initializer:
-        if tensor.data_type in _NARROW:
-            tensor.CopyFrom(_float64_tensor(tensor))
-    for node in graph.node:
-        original = list(node.input)
-        node.input[:] = [alias.get(name, name) for name in original]
-        if node.op_type == "Cast" and _cast_target(node) in _FLOATS and types.get(original[0]) in _FLOATS:
-            alias[node.output[0]] = node.input[0]  # a rounding inside the float64 region: dropped
-            continue
-        for index, name in enumerate(node.output):
-            if name in outputs:
-                node.output[index] = alias[name] = f"{name}__f64"
-        if _has_float64_kernel(node, original, types, opset):
-            _float64_attributes(node)
-            nodes.append(node)
-        else:
-            _in_float32(node, original, types, nodes)
-    for name, elem_type in sorted(outputs.items()):
-        _cast(nodes, alias[name], name, elem_type)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.value_info[:]
-    return model
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        if model.functions:
+            raise ValueError("inline the model's local functions before computing it in float64")
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+        nodes = list(graph)
+        types = {value: value.dtype for value in _values(graph)}  # as exported, before any rewriting
+        outputs = {index: (value.name, value.dtype) for index, value in enumerate(graph.outputs)
+                   if value.dtype in _NARROW}
+        wide: dict[ir.Value, ir.Value] = {}  # value -> the float64 value later nodes read
+        widen = [_cast(value, _F64, "__f64") for value in graph.inputs if value.dtype in _NARROW]
+        for cast in widen:
+            wide[cast.inputs[0]] = cast.outputs[0]
+        _prepend(graph, widen)
+        for tensor in graph.initializers.values():
+            if tensor.dtype in _NARROW:
+                tensor.const_value = _retyped(tensor.const_value, _F64)
+                tensor.dtype = _F64
+        dropped = []
+        for node in nodes:
+            original = list(node.inputs)
+            _read_through(node, wide)
+            if node.op_type == "Cast" and _cast_target(node) in _FLOATS and types.get(original[0]) in _FLOATS:
+                wide[node.outputs[0]] = node.inputs[0]  # a rounding inside the float64 region: dropped
+                dropped.append(node)
+                continue
+            widened = _widened_attributes(node, _F64)
+            if _has_float64_kernel(node, original, types, opset, widened):
+                node.attributes.update(widened)
+            else:
+                _in_float32(graph, node, original, types, wide)
+        _round_outputs(graph, outputs, wide)
+        graph.remove(dropped, safe=True)
+        return ir.passes.PassResult(model, modified=True)
 
 
-def _cast(nodes: list[onnx.NodeProto], source: str, target: str, to: int) -> str:
-    nodes.append(onnx.helper.make_node("Cast", [source], [target], to=to))
-    return target
+def _values(graph: ir.Graph) -> list[ir.Value]:
+    return [*graph.inputs, *graph.initializers.values(), *(value for node in graph for value in node.outputs)]
 
 
-def _float64_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    return onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
+def _cast(value: ir.Value, to: ir.DataType, suffix: str, name: str | None = None) -> ir.Node:
+    """A Cast of ``value`` to ``to`` whose output is named ``name`` (default: value's name + suffix)."""
+    node = ir.node("Cast", [value], {"to": to})
+    node.outputs[0].name = name or f"{value.name}{suffix}"
+    return node
 
 
-def _float64_attributes(node: onnx.NodeProto) -> None:
-    """Tensors inside Constant / ConstantOfShape become float64, and so do Casts to a narrower float."""
-    for attribute in node.attribute:
-        if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type in _NARROW:
-            attribute.t.CopyFrom(_float64_tensor(attribute.t))
-        elif node.op_type == "Cast" and attribute.name == "to" and attribute.i in _NARROW:
-            attribute.i = _F64
+def _prepend(graph: ir.Graph, nodes: list[ir.Node]) -> None:
+    if nodes and graph.num_nodes():
+        graph.insert_before(graph.node(0), nodes)
+    else:
+        graph.extend(nodes)
 
 
-def _in_float32(node: onnx.NodeProto, original: list[str], types: dict[str, int], nodes: list[onnx.NodeProto]) -> None:
+def _read_through(node: ir.Node, replacements: dict[ir.Value, ir.Value]) -> None:
+    for index, value in enumerate(node.inputs):
+        if value in replacements:
+            node.replace_input_with(index, replacements[value])
+
+
+def _rounding(node: ir.Node, value: ir.Value, wide: dict[ir.Value, ir.Value]) -> list[ir.Node]:
+    """The casts that round ``value`` to float16 and widen it again; records what later nodes read."""
+    if node.op_type == "Cast":  # already rounds: only widen its result again
+        casts = [_cast(value, _F32, "__f32")]
+    elif node.op_type in _EXACT_OPS:
+        return []
+    else:
+        narrow = _cast(value, _F16, "__f16")
+        casts = [narrow, _cast(narrow.outputs[0], _F32, "__f32")]
+    wide[value] = casts[-1].outputs[0]
+    return casts
+
+
+def _round_outputs(graph: ir.Graph, outputs: dict[int, tuple[str, ir.DataType]],
+                   wide: dict[ir.Value, ir.Value]) -> None:
+    """Each output ``index: (name, dtype)`` becomes a Cast to ``dtype`` of what later nodes would read, named ``name``."""
+    for index, (name, dtype) in outputs.items():
+        value = graph.outputs[index]
+        source = wide.get(value, value)
+        for renamed in (value, source):
+            if renamed.name == name:
+                renamed.name = f"{name}__out"
+        final = _cast(source, dtype, "", name)
+        final.outputs[0].type, final.outputs[0].shape = ir.TensorType(dtype), value.shape
+        graph.append(final)
+        graph.outputs[index] = final.outputs[0]
+    for value in _values(graph):
+        if not (value.is_graph_input() or value.is_graph_output() or value.is_initializer()):
+            value.type, value.shape = None, None  # stale after the rewrite; inference recomputes them
+
+
+def _in_float32(graph: ir.Graph, node: ir.Node, original: list[ir.Value | None],
+                types: dict[ir.Value, ir.DataType | None], wide: dict[ir.Value, ir.Value]) -> None:
     """Run ``node`` on float32 casts of its float inputs and widen its float outputs back to float64."""
-    node.input[:] = [
-        _cast(nodes, name, f"{name}__f32", _F32) if types.get(source) in _NARROW else name
-        for name, source in zip(node.input, original)
-    ]
-    _to_float32_attributes(node)
-    widen = [(k, name) for k, name in enumerate(node.output) if types.get(name.removesuffix("__f64")) in _NARROW]
-    for index, name in widen:
-        node.output[index] = f"{name}__f32"
-    nodes.append(node)
-    for _, name in widen:
-        _cast(nodes, f"{name}__f32", name, _F64)
+    for index, (value, source) in enumerate(zip(list(node.inputs), original)):
+        if value is not None and types.get(source) in _NARROW:
+            narrow = _cast(value, _F32, "__f32")
+            graph.insert_before(node, narrow)
+            node.replace_input_with(index, narrow.outputs[0])
+    node.attributes.update(_widened_attributes(node, _F32))
+    widen = []
+    for value in node.outputs:
+        if types.get(value) in _NARROW:
+            name, value.name = value.name, f"{value.name}__f32"
+            widen.append(_cast(value, _F64, "", f"{name}__f64"))
+            wide[value] = widen[-1].outputs[0]
+    if widen:
+        graph.insert_after(node, widen)
 
 
-def _has_float64_kernel(node: onnx.NodeProto, original: list[str], types: dict[str, int], opset: int) -> bool:
+def _widened_attributes(node: ir.Node, to: ir.DataType) -> dict[str, ir.Attr]:
+    """The attributes of ``node`` that change when it computes in ``to``: narrower float tensors, Casts to float16/32."""
+    narrower = {_F16} if to == _F32 else set(_NARROW)
+    changed: dict[str, ir.Attr] = {}
+    for name, attribute in node.attributes.items():
+        if attribute.type == ir.AttributeType.TENSOR and attribute.value.dtype in narrower:
+            changed[name] = ir.AttrTensor(name, _retyped(attribute.value, to))
+        elif to == _F64 and node.op_type == "Cast" and name == "to" and attribute.value in narrower:
+            changed[name] = ir.AttrInt64(name, to)
+    return changed
+
+
+def _retyped(tensor: ir.TensorProtocol, to: ir.DataType) -> ir.TensorProtocol:
+    """``tensor``'s values in the wider float type ``to`` (exact)."""
+    return ir.tensor(tensor.numpy().astype(to.numpy()), name=tensor.name)
+
+
+def _cast_target(node: ir.Node) -> int:
+    return node.attributes["to"].value
+
+
+def _has_float64_kernel(node: ir.Node, original: list[ir.Value | None], types: dict[ir.Value, ir.DataType | None],
+                        opset: int, widened: dict[str, ir.Attr]) -> bool:
     """Whether onnxruntime's CPU provider runs ``node`` with its float32 tensors made float64."""
-    if node.domain not in ("", "ai.onnx") or not any(types.get(name) in _NARROW for name in [*original, *node.output]):
+    if node.domain not in ("", "ai.onnx") or not any(types.get(v) in _NARROW for v in [*original, *node.outputs]):
         return True
-    signature = tuple(types.get(name, 0) for name in original)
-    outputs = tuple(types.get(name.removesuffix("__f64"), 0) for name in node.output)
-    attributes = tuple(a.SerializeToString() for a in node.attribute)
+    signature = tuple(int(types.get(value) or 0) for value in original)
+    outputs = tuple(int(types.get(value) or 0) for value in node.outputs)
+    attributes = tuple(ir.serde.serialize_attribute(attribute).SerializeToString()
+                       for attribute in {**node.attributes, **widened}.values())
     return _loads_in_float64(node.op_type, opset, signature, outputs, attributes)
 
 
@@ -120,6 +244,7 @@ def _has_float64_kernel(node: onnx.NodeProto, original: list[str], types: dict[s
 def _loads_in_float64(
     op_type: str, opset: int, inputs: tuple[int, ...], outputs: tuple[int, ...], attributes: tuple[bytes, ...]
 ) -> bool:
+    """Whether onnxruntime loads a one-node graph of ``op_type`` with float16/32 tensors made float64."""
     import onnxruntime
 
     def wide(elem_type: int) -> int:
@@ -128,7 +253,6 @@ def _loads_in_float64(
     node = onnx.helper.make_node(op_type, [f"i{k}" if t else "" for k, t in enumerate(inputs)],
                                  [f"o{k}" for k in range(len(outputs))])
     node.attribute.extend(onnx.AttributeProto.FromString(a) for a in attributes)
-    _float64_attributes(node)
     graph = onnx.helper.make_graph(
         [node], "probe",
         [onnx.helper.make_tensor_value_info(f"i{k}", wide(t), None) for k, t in enumerate(inputs) if t],
@@ -142,76 +266,3 @@ def _loads_in_float64(
     except Exception as error:  # noqa: BLE001 - only a missing kernel means "no"; anything else is not ours to judge
         return "NOT_IMPLEMENTED" not in str(error)
     return True
-
-
-def round_float16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Compute a float16 graph in float32 with an explicit float16 rounding after every node.
-
-    The result is the ONNX float16 semantics (every node's output is a float16 value), written
-    so that onnxruntime's CPU provider cannot skip the roundings: it runs float16 nodes in float32
-    and drops the casts between consecutive ones, which lets hidden values exceed 65504 and
-    accumulate differently from torch. Inputs, outputs and stored weights stay float16.
-    """
-    graph = onnx.shape_inference.infer_shapes(model).graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
-    refused = sorted({n.op_type for n in graph.node} & _TYPED_OPS)
-    if refused:
-        raise ValueError(f"cannot make float16 rounding explicit around {refused}")
-    outputs = {v.name for v in graph.output if v.type.tensor_type.elem_type == _F16}
-    rename: dict[str, str] = {}
-    nodes: list[onnx.NodeProto] = []
-    for value in graph.input:
-        if value.type.tensor_type.elem_type == _F16:
-            rename[value.name] = _widen(nodes, value.name)
-    for tensor in model.graph.initializer:
-        if tensor.data_type == _F16:
-            rename[tensor.name] = _widen(nodes, tensor.name)
-    for node in model.graph.node:
-        node.input[:] = [rename.get(name, name) for name in node.input]
-        _to_float32_attributes(node)
-        nodes.append(node)
-        for index, name in enumerate(node.output):
-            if types.get(name) == _F16 or (node.op_type == "Cast" and _cast_target(node) == _F16):
-                rename[name] = _round(nodes, node, index, exact=node.op_type in _EXACT_OPS)
-    # Graph outputs become the final casts' outputs; their old producers write `name__out`.
-    inner = {name: f"{name}__out" for name in outputs}
-    for node in nodes:
-        node.input[:] = [inner.get(n, n) for n in node.input]
-        node.output[:] = [inner.get(n, n) for n in node.output]
-    for name in outputs:
-        source = rename.get(name, name)
-        nodes.append(onnx.helper.make_node("Cast", [inner.get(source, source)], [name], to=_F16))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    del model.graph.value_info[:]
-    return model
-
-
-def _widen(nodes: list[onnx.NodeProto], name: str) -> str:
-    wide = f"{name}__f32"
-    nodes.append(onnx.helper.make_node("Cast", [name], [wide], to=_F32))
-    return wide
-
-
-def _round(nodes: list[onnx.NodeProto], node: onnx.NodeProto, index: int, exact: bool) -> str:
-    """Round output ``index`` of ``node`` to float16 and back; return the name to read it by."""
-    name = node.output[index]
-    if node.op_type == "Cast":  # already rounds: only widen its result again
-        return _widen(nodes, name)
-    if exact:
-        return name
-    narrow = f"{name}__f16"
-    nodes.append(onnx.helper.make_node("Cast", [name], [narrow], to=_F16))
-    return _widen(nodes, narrow)
-
-
-def _cast_target(node: onnx.NodeProto) -> int:
-    return next(a.i for a in node.attribute if a.name == "to")
-
-
-def _to_float32_attributes(node: onnx.NodeProto) -> None:
-    """float16 tensors inside Constant / ConstantOfShape become (exactly equal) float32 ones."""
-    for attribute in node.attribute:
-        if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == _F16:
-            values = onnx.numpy_helper.to_array(attribute.t).astype(np.float32)
-            attribute.t.CopyFrom(onnx.numpy_helper.from_array(values, attribute.t.name))

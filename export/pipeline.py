@@ -167,7 +167,7 @@ def run_command(ctx: click.Context, out: pathlib.Path, patterns: tuple[str, ...]
     recipe and with least squares) and one MLP per registered activation. Ctrl-C writes the report
     of the rows that finished and exits 130. Exits non-zero unless every row passes.
     """
-    from zoo.cli import emit_json
+    from zoo.options import emit_json
 
     if list_rows:
         click.echo("\n".join(job.name for job in plan(only=patterns)))

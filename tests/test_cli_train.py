@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import zoo
-from zoo.cli import main, model_training_options, train_from_options
+from zoo.cli import main
+from zoo.options import model_training_options, train_from_options
 
 ZOO = pathlib.Path(sys.executable).with_name("zoo")
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error, run_zoo
 
 import zoo
 
@@ -34,3 +37,87 @@ def test_two_gloo_ranks_train_what_one_process_trains(tmp_path: Path) -> None:
     for key in a:  # the same minimum, up to float rounding of the sharded sums (L-BFGS amplifies it)
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-3)
     assert zoo.load_checkpoint(tmp_path / "two.pt").zoo_training["world_size"] == 2
+
+
+# A throwaway plugin: an activation that kills rank 1 mid-training, and a dataset of two rows.
+FAILING_PARTS = """
+import dataclasses, os
+import torch
+from torch import nn
+
+
+class Dying(nn.Module):
+    '''ReLU, except that rank 1 of a torchrun job dies (exit 7) on its third forward pass.'''
+
+    calls = 0
+
+    def forward(self, x):
+        Dying.calls += 1
+        if os.environ.get("RANK") == "1" and Dying.calls == 3:
+            os._exit(7)
+        return torch.relu(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    task: str
+    params: dict
+
+
+def two_rows(seed=0, device="cpu"):
+    '''Two rows of y = x.'''
+    x = torch.tensor([[0.0], [1.0]], device=device)
+    return Rows("two_rows", x, x.clone(), "regression", {"seed": seed})
+"""
+OUR_FRAME = re.compile(r'File "[^"]*/(zoo|plugins|export)/[^"]*\.py"')
+
+
+@pytest.fixture
+def failing_parts(third_party) -> None:
+    third_party("zoo-failing", {"zoo.activations": {"dying": "failing_parts:Dying"},
+                                "zoo.datasets": {"two_rows": "failing_parts:two_rows"}},
+                {"failing_parts.py": FAILING_PARTS})
+
+
+def torchrun_zoo(tmp_path: Path, ranks: int, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`torchrun --standalone --nproc-per-node RANKS -m zoo train ARGS -o tmp/out/m.pt` and its ranks' error lines."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+         "-m", "zoo", "train", *args, "-o", str(tmp_path / "out" / "m.pt")],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "ZOO_DIST_TIMEOUT": "30"},
+    )
+    assert not OUR_FRAME.search(result.stderr), result.stderr[-3000:]  # torchrun's own report may have a traceback
+    assert not (tmp_path / "out").exists(), list((tmp_path / "out").iterdir())
+    return result, [line for line in result.stderr.splitlines() if line.startswith("zoo: error:")]
+
+
+def test_a_rank_that_dies_ends_the_other_with_one_line_and_no_checkpoint(failing_parts, tmp_path: Path) -> None:
+    result, errors = torchrun_zoo(tmp_path, 2, "mlp", "--activation", "dying", "--hidden", "4")
+    assert result.returncode != 0
+    assert len(errors) == 1, result.stderr[-3000:]  # rank 1 died without a word; rank 0 says what happened
+    assert errors[0].startswith("zoo: error: rank 0 of 2 (gloo)"), errors
+    assert "another rank" in errors[0], errors  # it died (a collective failed) or failed (torchrun stopped us)
+
+
+def test_more_ranks_than_rows_is_refused_on_every_rank(failing_parts, tmp_path: Path) -> None:
+    result, errors = torchrun_zoo(tmp_path, 3, "linear_regression", "--dataset", "two_rows")
+    assert result.returncode != 0
+    refused = [line for line in errors if "cannot share 2 rows among 3 processes" in line]
+    stopped = [line for line in errors if "stopped by its launcher" in line]
+    assert refused and len(refused) + len(stopped) == len(errors) == 3, result.stderr[-3000:]
+
+
+def test_an_unreachable_rendezvous_is_one_line_within_the_timeout(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "ZOO_DIST_TIMEOUT": "2"}
+    result = run_zoo("train", "linear_regression", "-o", str(tmp_path / "out" / "m.pt"), env=env, timeout=120)
+    assert_one_line_error(result, "rank 1 of 2 could not reach the rendezvous", f"127.0.0.1:{port}", "within 2 s",
+                          "ZOO_DIST_TIMEOUT")
+    assert not (tmp_path / "out").exists()

@@ -162,6 +162,18 @@ def test_no_two_export_modules_import_each_other() -> None:
     assert not cycles, cycles
 
 
+def test_library_code_never_imports_the_zoo_command() -> None:
+    """Commands share options and library functions through zoo.options; zoo.cli is only the command."""
+    importers = sorted(
+        str(path.relative_to(ROOT)) for path in [*(ROOT / "export").rglob("*.py"), *(ROOT / "zoo").rglob("*.py")]
+        if path.name != "__main__.py"
+        and any(isinstance(node, (ast.Import, ast.ImportFrom)) and "zoo.cli" in
+                ([node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names])
+                for node in ast.walk(ast.parse(path.read_text())))
+    )
+    assert importers == [], importers
+
+
 def test_import_export_pulls_in_nothing_heavy() -> None:
     code = "import sys, export; print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import datetime
 import os
+import re
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = ["Group", "is_main", "join", "launched", "timeout"]
 
 TIMEOUT_VARIABLE = "ZOO_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 120.0
+GLOO_ERROR = "/gloo/"  # gloo's failures are plain RuntimeErrors that name its source file: [.../gloo/transport/...]
 
 
 def launched() -> bool:
@@ -101,21 +103,22 @@ class Group:
             xs, ys = xb[begin:end], yb[begin:end]
             share = summed(same_shape(wrapped(xs), ys), ys) / yb.numel()
             value = share.detach().clone()
-            with self.guard("adding up the loss"):
-                torch.distributed.all_reduce(value)  # the sum of the shares: the full batch's mean loss
+            torch.distributed.all_reduce(value)  # the sum of the shares: the full batch's mean loss
             return share * self.world_size, value  # DDP divides the summed gradients by world_size
 
         return loss
 
     @contextlib.contextmanager
     def guard(self, doing: str) -> Iterator[None]:
-        """Turn a collective's failure into one DistributedError line naming this rank."""
+        """Turn a collective's failure (a DistError, or gloo's RuntimeError) into one DistributedError line."""
         try:
             yield
-        except torch.distributed.DistError as exc:
+        except RuntimeError as exc:
+            if not isinstance(exc, torch.distributed.DistError) and GLOO_ERROR not in str(exc):
+                raise
             raise DistributedError(
                 f"{self.describe()} failed {doing}: another rank died or cannot be reached "
-                f"({_first_line(exc)})"
+                f"({_first_sentence(exc)})"
             ) from exc
 
 
@@ -183,6 +186,12 @@ def _stopped_by_launcher(group: Group) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """`Connection closed by peer [127.0.0.1]:3500` of `[.../pair.cc:553] Connection closed by peer ... . This is ...`."""
+    line = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", _first_line(exc))
+    return line.split(". ")[0].rstrip(".")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -182,7 +182,8 @@ def train(
         with seeded(seed, target), _threads(threads, model, len(x)) as used:
             loss = _batch_loss(model, criterion) if group is None else group.batch_loss(group.wrap(model), criterion)
             show = wanted(progress) and (group is None or group.rank == 0)
-            history = _fit(model, x, y, loss, settings, show)
+            with group.guard("training") if group else contextlib.nullcontext():
+                history = _fit(model, x, y, loss, settings, show)
             final_loss, metrics = _evaluate(model, x, y, criterion)
         seconds = time.perf_counter() - start
     steps = len(history) * math.ceil(len(x) / settings["batch_size"])

@@ -1,0 +1,155 @@
+"""What a command needs to say what to train, and to print JSON: shared by `zoo train`, `zoo export`, `zoo run`.
+
+`model_training_options` adds the options (model parts, dataset, recipe and its overrides) to any
+click command, a plugin's included; `train_from_options` is the library function that trains from
+their values. Importing this module loads no torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+import zoo
+from zoo.errors import BadArgumentsError, ZooError
+from zoo.models import parse_part
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from zoo.training import TrainResult
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+DEFAULT_DATASETS = {"linear_regression": "linear", "logistic_regression": "blobs", "mlp": "nonlinear"}
+
+
+class PartSpec(click.ParamType):
+    """`name` or `name:key=value,...` -> the name, or {"name": name, key: value}; values read as JSON scalars."""
+
+    name = "name[:key=value,...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            name, kwargs = parse_part(value)
+        except ZooError as exc:
+            self.fail(str(exc), param, ctx)
+        return {"name": name, **kwargs} if kwargs else name
+
+
+class Widths(click.ParamType):
+    """`64,64` -> [64, 64]: hidden layer widths (an empty string means none)."""
+
+    name = "N,N,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return []
+        try:
+            widths = [int(part) for part in value.split(",")]
+        except ValueError:
+            widths = []
+        if not widths or any(width < 1 for width in widths):
+            self.fail(f"{value!r} is not a comma-separated list of positive integers, e.g. 64,64", param, ctx)
+        return widths
+
+
+class DeviceSpec(click.ParamType):
+    """auto, cpu, cuda or cuda:N; whether that device exists is checked when training starts."""
+
+    name = "auto|cpu|cuda|cuda:N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        kind, _, index = text.partition(":")
+        if text in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit()):
+            return text
+        self.fail(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N (the CPU takes no index)", param, ctx)
+
+
+def model_training_options(command: Any) -> Any:
+    """Add the options of `train_from_options` (model parts, dataset, recipe and its overrides) to a command."""
+    options = [
+        click.option("--layer", type=PartSpec(), help="Linear layer plugin: linear, einsum_linear, param_linear..."),
+        click.option("--activation", type=PartSpec(),
+                     help="Activation of an mlp: a name or name:key=value,... e.g. softplus:beta=2,threshold=5."),
+        click.option("--hidden", type=Widths(), help="Hidden layer widths of an mlp, e.g. 64,64."),
+        click.option("--dataset", type=PartSpec(),
+                     help="Dataset plugin, optionally name:key=value,... [default: linear for linear_regression, "
+                          "blobs for logistic_regression, nonlinear for mlp]"),
+        click.option("--recipe", default="default", show_default=True,
+                     help="Training recipe: default (full-batch L-BFGS, reaches least squares) or notes "
+                          "(the course notes' Adam lr 0.1, weight decay 0.1, batch 100, 5 epochs)."),
+        click.option("--epochs", type=int, help="Passes over the data [default: the recipe's]."),
+        click.option("--batch-size", type=int, help="Rows per optimiser step [default: the recipe's]."),
+        click.option("--lr", type=float, help="Learning rate [default: the recipe's, or the optimizer's own]."),
+        click.option("--weight-decay", type=float, help="L2 weight decay [default: the recipe's]."),
+        click.option("--optimizer", help="adam, adamw, sgd (momentum 0.9) or lbfgs [default: the recipe's]."),
+        click.option("--device", type=DeviceSpec(), default="auto", show_default=True,
+                     help="auto (CUDA when available), cpu, cuda, cuda:N."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seeds the dataset, the initial weights and the batch order."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def train_from_options(
+    model_name: str,
+    *,
+    layer: str | dict[str, Any] | None = None,
+    activation: str | dict[str, Any] | None = None,
+    hidden: Sequence[int] | None = None,
+    dataset: str | dict[str, Any] | None = None,
+    recipe: str = "default",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    optimizer: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool | None = None,
+) -> tuple[nn.Module, TrainResult]:
+    """Build MODEL and its dataset on the device from `model_training_options` values, and train it."""
+    from zoo.training import resolve_device  # torch loads here, not for `zoo --help`
+
+    target = resolve_device(device)
+    canonical, _ = zoo.models.resolve(model_name)
+    data = _training_data(canonical, dataset, seed=seed, device=str(target))
+    parts = {"layer": layer, "activation": activation, "hidden": hidden}
+    kwargs = {key: value for key, value in parts.items() if value is not None}
+    accepted = inspect.signature(zoo.models.get(canonical)).parameters
+    sizes = {"in_features": data.x.shape[1], "out_features": data.y.shape[1]}
+    kwargs.update({key: size for key, size in sizes.items() if key in accepted})
+    model = zoo.create_model(model_name, seed=seed, **kwargs)
+    result = zoo.train(
+        model, data, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        optimizer=optimizer, device=target, seed=seed, progress=progress,
+    )
+    return model, result
+
+
+def _training_data(model: str, spec: str | dict[str, Any] | None, *, seed: int, device: str) -> Any:
+    spec = spec or DEFAULT_DATASETS.get(model)
+    if spec is None:
+        raise BadArgumentsError(
+            f"model {model!r} has no default dataset: pass --dataset ({', '.join(zoo.datasets.names())})"
+        )
+    name, kwargs = (spec, {}) if isinstance(spec, str) else (spec["name"], {k: v for k, v in spec.items() if k != "name"})
+    return zoo.datasets.create(name, seed=seed, device=device, **kwargs)
+
+
+def emit_json(data: Any) -> None:
+    """Print a JSON document on stdout (for --json)."""
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
