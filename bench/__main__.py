@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from bench import bench_export, bench_registry, bench_runtime, bench_train
+from bench import bench_export, bench_registry, bench_runtime, bench_scale, bench_train
 from bench.common import print_table
 
 
@@ -18,6 +18,7 @@ def main() -> None:
         *bench_train.figures(),
         *bench_export.figures(),
         *bench_runtime.figures(),
+        *bench_scale.figures(),
     ]
     title = f"zoo benchmarks (python {sys.version.split()[0]}, torch {torch.__version__}, {platform.machine()})"
     print_table(title, figures)

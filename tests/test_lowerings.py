@@ -70,6 +70,17 @@ def test_a_pip_installed_lowering_exports_with_both_exporters_and_passes_parity(
     assert all(ratio <= 1 for ratio in ratios.values()), ratios
 
 
+def test_zoo_run_includes_a_pip_installed_activation_and_its_row_passes(example_site: Path, tmp_path: Path) -> None:
+    env = {"PYTHONPATH": str(example_site)}
+    listed = run_zoo("run", "--list", env=env)
+    assert "mlp-bessel_bump" in listed.stdout.split(), listed.stdout
+    result = run_zoo("run", "--only", "mlp-bessel*", "-j", "1", "-o", str(tmp_path / "out"), "--json", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout)["rows"]
+    assert [(row["name"], row["status"], row["compute"]) for row in rows] == [("mlp-bessel_bump", "ok", "float32")]
+    assert (tmp_path / "out" / "models" / "mlp-bessel_bump" / "model.onnx").is_file()
+
+
 def test_zoo_show_and_list_name_a_plugins_lowering(example_site: Path) -> None:
     env = {"PYTHONPATH": str(example_site)}
     shown = run_zoo("show", "bessel_bump", env=env)
