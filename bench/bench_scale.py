@@ -48,11 +48,11 @@ def whole_zoo() -> list[Figure]:
         seconds, _ = _run([*ZOO, "run", "-o", out, "--quiet"])
         report = json.loads((Path(out) / "report.json").read_text())
     stages: dict[str, float] = {}
-    for row in report["rows"]:
+    for row in report["models"]:
         for stage, value in row.get("seconds", {}).items():
             if stage != "total":
                 stages[stage] = stages.get(stage, 0.0) + value
-    rows = len(report["rows"])
+    rows = len(report["models"])
     figures = [Figure(f"zoo run, whole zoo ({rows} rows, default jobs): whole process", seconds, "s", "<= 30 s",
                       seconds <= 30)]
     figures += [Figure(f"zoo run: {stage}, summed over rows", value, "s", "-", True)
@@ -92,7 +92,7 @@ def rows_per_second() -> list[Figure]:
     for label, flags in ways.items():
         with tempfile.TemporaryDirectory() as out:
             seconds, _ = _run([*ZOO, "run", "-o", out, "--quiet", "--only", ROWS, *flags])
-            rows = len(json.loads((Path(out) / "report.json").read_text())["rows"])
+            rows = len(json.loads((Path(out) / "report.json").read_text())["models"])
         rates[label] = rows / seconds
         figures.append(Figure(f"zoo run --only '{ROWS}' ({rows} rows), {label}", rates[label], "rows/s", "-", True))
     first = next(iter(rates.values()))

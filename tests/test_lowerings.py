@@ -76,7 +76,7 @@ def test_zoo_run_includes_a_pip_installed_activation_and_its_row_passes(example_
     assert "mlp-bessel_bump" in listed.stdout.split(), listed.stdout
     result = run_zoo("run", "--only", "mlp-bessel*", "-j", "1", "-o", str(tmp_path / "out"), "--json", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(result.stdout)["rows"]
+    rows = json.loads(result.stdout)["models"]
     assert [(row["name"], row["status"], row["compute"]) for row in rows] == [("mlp-bessel_bump", "ok", "float32")]
     assert (tmp_path / "out" / "models" / "mlp-bessel_bump" / "model.onnx").is_file()
 
