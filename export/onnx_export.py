@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import torch
 
-from export import adapters, lowerings, passes
+from export import adapters, lowerings
 from export.options import EXPORTERS
 from zoo.errors import ZooError
 from zoo.files import write_atomic
@@ -162,7 +162,7 @@ def to_onnx(
     example = _example_input(model, example_input, DTYPES[dtype], options.dynamic_batch)
     with eval_copy(model, DTYPES[dtype]) as export_model:
         proto = _export(export_model, example, options)
-    proto = passes.compute_in_float64(proto) if compute == "float64" else _narrow(proto, dtype)
+    proto = _computing_in_float64(proto) if compute == "float64" else _narrow(proto, dtype)
     _strip_machine_facts(proto)
     _validate(proto, options, example.shape[0])
     _set_metadata(proto, model, options)
@@ -193,12 +193,20 @@ def _strip_machine_facts(proto: onnx.ModelProto) -> None:
             node.metadata_props.extend(kept)
 
 
+def _computing_in_float64(proto: onnx.ModelProto) -> onnx.ModelProto:
+    from export.passes import compute_in_float64  # onnx_ir loads only for the exports that need a pass
+
+    return compute_in_float64(proto)
+
+
 def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:
     """The graph computing in ``dtype`` as torch does: float16 rounds explicitly after every node."""
     if dtype != "float16" or not lowerings.enabled():
         return proto
     try:
-        return passes.round_float16(copy.deepcopy(proto))
+        from export.passes import round_float16  # onnx_ir loads only for the exports that need a pass
+
+        return round_float16(copy.deepcopy(proto))
     except ValueError as error:
         raise ExportError(f"cannot export this model in float16: {error}; export in float32") from error
 

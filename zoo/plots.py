@@ -101,8 +101,11 @@ def plot_activations(specs: Sequence[str], path: str | os.PathLike[str], *,
     curves = [activation_curve(spec, x_range=x_range, seed=seed) for spec in specs]
     columns = min(COLUMNS, len(curves))
     rows = math.ceil(len(curves) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(max(2.9 * columns, 6.0), 2.3 * rows + 0.9), squeeze=False,
-                             layout="constrained")
+    width, height = max(2.9 * columns, 6.0), 2.3 * rows + 0.9
+    fig, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False)
+    # Fixed margins (inches) fit two-line titles and small ticks; a layout engine would take seconds to find them.
+    fig.subplots_adjust(left=0.35 / width, right=1 - 0.1 / width, top=1 - 0.85 / height, bottom=0.6 / height,
+                        hspace=0.6, wspace=0.25)
     for ax, curve in zip(axes.flat, curves):
         ax.axhline(0, color="0.8", lw=0.6)
         ax.axvline(0, color="0.8", lw=0.6)
@@ -114,7 +117,7 @@ def plot_activations(specs: Sequence[str], path: str | os.PathLike[str], *,
     for ax in axes.flat[len(curves):]:
         ax.set_axis_off()
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncols=2, fontsize=9, frameon=False)
     fig.suptitle(f"Activations: f(x) and its derivative on [{x_range[0]:g}, {x_range[1]:g}]", fontsize=12)
     return _save(fig, path)
 
