@@ -111,17 +111,15 @@ def train_from_options(
     activation: str | dict[str, Any] | None = None,
     hidden: Sequence[int] | None = None,
     dataset: str | dict[str, Any] | None = None,
-    recipe: str = "default",
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    weight_decay: float | None = None,
-    optimizer: str | None = None,
     device: str = "auto",
     seed: int = 0,
-    progress: bool | None = None,
+    **training: Any,
 ) -> tuple[nn.Module, TrainResult]:
-    """Build MODEL and its dataset on the device from `model_training_options` values, and train it."""
+    """Build MODEL and its dataset on the device from `model_training_options` values, and train it.
+
+    The parts (layer, activation, hidden) build the model; the rest (recipe, epochs, batch_size, lr,
+    weight_decay, optimizer, progress, threads) are `zoo.train`'s keywords, passed on as given.
+    """
     from zoo.training import resolve_device  # torch loads here, not for `zoo --help`
 
     target = resolve_device(device)
@@ -133,10 +131,7 @@ def train_from_options(
     sizes = {"in_features": data.x.shape[1], "out_features": data.y.shape[1]}
     kwargs.update({key: size for key, size in sizes.items() if key in accepted})
     model = zoo.create_model(model_name, seed=seed, **kwargs)
-    result = zoo.train(
-        model, data, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        optimizer=optimizer, device=target, seed=seed, progress=progress,
-    )
+    result = zoo.train(model, data, device=target, seed=seed, **training)
     return model, result
 
 
