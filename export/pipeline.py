@@ -25,6 +25,7 @@ from typing import Any
 
 import click
 
+from export import run_pool
 from export.cluster import tasks
 from export.pictures import draw_pictures
 from export.row_runner import Finished, run_row, store_bundle
@@ -63,6 +64,8 @@ def run_zoo(out: str | os.PathLike[str] = "zoo-out", *, only: Sequence[str] = ()
     after writing the report of the finished rows) on Ctrl-C.
     """
     started = time.perf_counter()
+    if cluster is None and jobs != 1 and default_jobs(2) > 1:
+        run_pool.warm_up()  # its imports overlap this process's start-up
     selected = plan(only=only)
     out = pathlib.Path(out)
     settings: dict[str, Any] = {"seed": seed, "device": _check_settings(device=device, opset=opset), "opset": opset,

@@ -242,3 +242,29 @@ def test_ctrl_c_writes_the_report_of_the_finished_rows(tmp_path: Path) -> None:
     assert "Interrupted" in (out / "report.md").read_text()
     assert sorted(p.name for p in (out / "models").iterdir()) == names  # no staged or half-written bundle
     assert not list(out.rglob(".*")), "temporary files left behind"
+
+
+LATE_MODULE = """
+    import os
+
+    from torch import nn
+
+    class LateTanh(nn.Tanh):
+        def __init__(self):
+            super().__init__()
+            self.origin = os.environ["ZOO_TEST_LATE"]  # a KeyError where the worker has a stale environment
+"""
+
+
+def test_workers_see_a_plugin_installed_after_their_server_started(third_party, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers fork from a server that imported torch once; they still take this process's sys.path and environment."""
+    from export import run_pool
+    from export.pipeline import run_zoo as run
+
+    run_pool.warm_up()
+    third_party("zoo-test-late", {"zoo.activations": {"late_tanh": "zoo_test_late:LateTanh"}},
+                {"zoo_test_late.py": LATE_MODULE})
+    monkeypatch.setenv("ZOO_TEST_LATE", "set after the server started")
+    report = run(tmp_path / "out", only=["mlp-late_tanh", "linreg-linear"], jobs=2)
+    assert {row.name: row.status() for row in report.rows} == {"linreg-linear": "ok", "mlp-late_tanh": "ok"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -244,3 +245,49 @@ def test_datasets_are_the_same_numbers_on_cuda(name):
     on_gpu, on_cpu = (zoo.datasets.create(name, seed=3, device=device) for device in ("cuda", "cpu"))
     assert on_gpu.x.device.type == "cuda" and on_gpu.y.device.type == "cuda"
     assert torch.equal(on_gpu.x.cpu(), on_cpu.x) and torch.equal(on_gpu.y.cpu(), on_cpu.y)
+
+
+def _topology(root, cores: dict[int, tuple[int, int]]):
+    """A throwaway sysfs cpu tree: cpu number -> (package, core)."""
+    for cpu, (package, core) in cores.items():
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    return root
+
+
+def test_hyperthreads_of_one_core_count_as_one_core(tmp_path):
+    from zoo.cpus import physical_cores, usable_cores
+
+    assert physical_cores([0, 1], sysfs=_topology(tmp_path / "smt", {0: (0, 0), 1: (0, 0)})) == 1
+    assert physical_cores([0, 1], sysfs=_topology(tmp_path / "two", {0: (0, 0), 1: (0, 1)})) == 2
+    assert physical_cores([0, 1], sysfs=tmp_path / "none") is None
+    allowed = sorted(os.sched_getaffinity(0))
+    smt = _topology(tmp_path / "all", {cpu: (0, 0) for cpu in allowed})
+    assert usable_cores(sysfs=smt, cgroup=tmp_path / "no-cgroup") == 1
+
+
+@pytest.mark.parametrize(("limit", "cpus"), [("150000 100000", 2), ("50000 100000", 1), ("max 100000", None),
+                                             ("", None)])
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path, limit, cpus):
+    from zoo.cpus import cpu_quota, usable_cores
+
+    (tmp_path / "cpu.max").write_text(limit)
+    assert cpu_quota(tmp_path / "cpu.max") == cpus
+    if cpus == 1:
+        assert usable_cores(cgroup=tmp_path / "cpu.max") == 1
+
+
+def test_default_threads_are_one_for_small_work_and_the_cores_for_large(monkeypatch):
+    from zoo.cpus import usable_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    small = zoo.train(zoo.create_model("mlp", hidden=[8], seed=0), zoo.datasets.create("nonlinear", n=100, seed=0),
+                      epochs=1, progress=False)
+    assert small.threads == 1
+    large = zoo.train(zoo.create_model("mlp", hidden=[64, 64], seed=0), zoo.datasets.create("nonlinear", n=1000, seed=0),
+                      epochs=1, progress=False)
+    assert large.threads == min(torch.get_num_threads(), usable_cores())
+    assert zoo.train(zoo.create_model("mlp", hidden=[8], seed=0), zoo.datasets.create("nonlinear", n=100, seed=0),
+                     epochs=1, threads=2, progress=False).threads == 2

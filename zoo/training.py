@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo import distributed
+from zoo import cpus, distributed
 from zoo.errors import BadArgumentsError, DeviceError, DivergenceError, TrainingError, UnknownNameError
 from zoo.models import seeded
 from zoo.progress import ProgressBar, wanted
@@ -160,8 +160,9 @@ def train(
     bit-identical parameters on CPU. `progress=None` draws a bar on stderr only when it is a
     terminal. Changing the optimizer without `lr` uses that optimizer's usual learning rate. The model
     ends on `device`, in eval mode, with `model.zoo_training` set. `threads=None` picks torch's CPU
-    threads for the work: one for a small model and dataset (threads only contend there), torch's own
-    choice otherwise or when OMP_NUM_THREADS is set. Full-batch L-BFGS stops early once the loss
+    threads for the work: one for a small model and dataset (threads only contend there), else one per
+    physical core this process may use (zoo.cpus), never more than torch's own choice; torch's
+    choice when OMP_NUM_THREADS is set. Full-batch L-BFGS stops early once the loss
     stopped improving. Inside a torchrun process (WORLD_SIZE > 1) it trains with
     DistributedDataParallel, each rank on its share of every batch (see zoo.distributed). Raises
     BadArgumentsError for bad settings, DeviceError, TrainingError when model and data do not fit,
@@ -206,9 +207,9 @@ def train(
     return result
 
 
-# Below this many rows x parameters a forward pass is too small for more threads to pay (issue 11:
-# the default mlp trained 5x faster on 2 cores with one thread than with torch's default two).
-SMALL_WORK = 2**26
+# Below this many rows x parameters a forward pass is too small for more threads to pay (measured on
+# 2 cores: one thread wins at 1M, two win 1.4x at the default mlp's 17M).
+SMALL_WORK = 2**22
 
 
 @contextlib.contextmanager
@@ -222,13 +223,19 @@ def _group(device: torch.device, *, rows: int) -> Iterator[distributed.Group | N
         yield group
 
 
+def default_threads(model: nn.Module, rows: int) -> int:
+    """One torch thread for small work, else one per usable physical core (at most torch's default)."""
+    if rows * sum(p.numel() for p in model.parameters()) < SMALL_WORK:
+        return 1
+    return max(1, min(torch.get_num_threads(), cpus.usable_cores()))
+
+
 @contextlib.contextmanager
 def _threads(threads: int | None, model: nn.Module, rows: int) -> Iterator[int]:
-    """Run with `threads` torch threads (None: one for small work unless OMP_NUM_THREADS is set); restore after."""
+    """Run with `threads` torch threads (None: picked for the work, see `train`); restore after."""
     before = torch.get_num_threads()
     if threads is None:
-        small = rows * sum(p.numel() for p in model.parameters()) < SMALL_WORK
-        threads = 1 if small and "OMP_NUM_THREADS" not in os.environ else before
+        threads = before if "OMP_NUM_THREADS" in os.environ else default_threads(model, rows)
     _check_int("threads", threads, minimum=1)
     torch.set_num_threads(threads)
     try:
