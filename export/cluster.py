@@ -115,7 +115,7 @@ def tasks(fn: Callable[..., Any], items: Sequence[Item], *, jobs: int, stack: co
           address: str | None = None, options: dict[str, Any] | None = None,
           ) -> tuple[Iterator[tuple[Item, Any]], Cluster | None]:
     """(item, fn(item, **options)) as they finish: on the Dask cluster at `address` (with `jobs` workers
-    when "local"), else in `jobs` spawned processes, or in this process for jobs=1; and the cluster used.
+    when "local"), else in `jobs` worker processes (run_pool), or in this process for jobs=1; and the cluster used.
 
     A task's exception (or WorkerDied) is its result. The cluster stays open until `stack` closes.
     """

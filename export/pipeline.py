@@ -4,7 +4,7 @@ This module holds the run itself and its click command; the parts live beside it
 `run_rows` (which rows, from the registries), `row_runner` (one row, and storing its bundle),
 `run_pool` (local worker processes), `cluster` (a Dask cluster), `pictures` and `run_report`.
 
-Each row runs with one torch thread, in this process, in a spawned worker or on a Dask worker, so
+Each row runs with one torch thread, in this process, in a local worker process or on a Dask worker, so
 `--jobs N` and `--cluster` give the same numbers as `--jobs 1`. A row that fails (plugin import,
 training, export, parity, a crashed worker) is reported with its error and never stops the others.
 Workers see plugins installed as distributions (entry points), not ones registered in this process
@@ -58,7 +58,7 @@ def run_zoo(out: str | os.PathLike[str] = "zoo-out", *, only: Sequence[str] = ()
     """Run every selected row, draw the pictures, write OUT/report.json and OUT/report.md; return the report.
 
     `cluster` is a Dask scheduler address, or "local" for a LocalCluster of `jobs` workers here;
-    without it rows run in this process (jobs=1) or in `jobs` spawned processes. Bundles are
+    without it rows run in this process (jobs=1) or in `jobs` worker processes. Bundles are
     written under OUT/models/ by this process in every case. Raises BadArgumentsError, ZooError
     (output directory), ClusterError before any row runs, and RunInterrupted (a KeyboardInterrupt,
     after writing the report of the finished rows) on Ctrl-C.

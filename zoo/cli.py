@@ -232,7 +232,8 @@ def train_command(model_name: str, output: str | None, as_json: bool, quiet: boo
       zoo train mlp --activation softplus:beta=2 --hidden 32,32 --json
       torchrun --standalone --nproc-per-node 2 -m zoo train mlp   # data-parallel; rank 0 writes and prints
 
-    Small models train with one torch thread; set OMP_NUM_THREADS=N to choose.
+    Small models train with one torch thread, larger ones with one per physical core; set
+    OMP_NUM_THREADS=N to choose.
     """
     from zoo.distributed import is_main
 
