@@ -138,6 +138,7 @@ def run(selected: list[Case], *, upstream: bool, jobs: int = 1, cluster: str | N
     """Run cases (ours, and upstream's when asked) in ``jobs`` processes or on a Dask cluster, with progress."""
     work = list(itertools.product(selected, (False, True) if upstream else (False,)))
     results = []
+    redraw = stream.isatty()  # a terminal gets one status line; a log gets a line per case
     with contextlib.ExitStack() as stack:
         finished, _ = tasks(run_case, work, jobs=jobs, stack=stack, address=cluster)
         for index, ((case, is_upstream), result) in enumerate(finished, 1):
@@ -146,9 +147,10 @@ def run(selected: list[Case], *, upstream: bool, jobs: int = 1, cluster: str | N
             results.append(result)
             side = "upstream" if result.upstream else "ours"
             line = f"[{index}/{len(work)}] {result.case.label()} {side}: {'ok' if result.ok else 'FAIL'}"
-            stream.write(f"\r{line:<90}")
+            stream.write(f"\r\x1b[K{line}" if redraw else f"{line}\n")
             stream.flush()
-    stream.write("\n")
+    if redraw:
+        stream.write("\n")
     order = {item: position for position, item in enumerate(work)}
     return sorted(results, key=lambda r: order[(r.case, r.upstream)])
 

@@ -100,3 +100,13 @@ def test_the_matrix_on_a_local_cluster_gives_the_results_of_a_local_run() -> Non
     dask = matrix.run(selected, upstream=False, jobs=2, cluster="local", stream=io.StringIO())
     assert len(local) == 4 and all(result.ok for result in local)
     assert [dataclasses.replace(r, seconds=0) for r in dask] == [dataclasses.replace(r, seconds=0) for r in local]
+
+
+def test_the_matrix_prints_a_line_per_case_when_its_progress_goes_to_a_log() -> None:
+    from export import matrix
+
+    selected = [case for case in matrix.cases(quick=True, activations=["relu"]) if case.model == matrix.ALONE][:2]
+    log = io.StringIO()
+    matrix.run(selected, upstream=False, jobs=1, stream=log)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and all(line.endswith(": ok") for line in lines) and "\r" not in log.getvalue(), lines

@@ -17,9 +17,10 @@ from conftest import assert_one_line_error, run_zoo
 import zoo
 
 
-def train_json(tmp_path: Path, name: str, *launcher: str) -> dict:
+def train_json(tmp_path: Path, name: str, *launcher: str, device: str = "cpu") -> dict:
     result = subprocess.run(
-        [sys.executable, *launcher, "-m", "zoo", "train", "linear_regression", "--json", "-o", str(tmp_path / name)],
+        [sys.executable, *launcher, "-m", "zoo", "train", "linear_regression", "--json", "--device", device,
+         "-o", str(tmp_path / name)],
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
@@ -37,6 +38,15 @@ def test_two_gloo_ranks_train_what_one_process_trains(tmp_path: Path) -> None:
     for key in a:  # the same minimum, up to float rounding of the sharded sums (L-BFGS amplifies it)
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-3)
     assert zoo.load_checkpoint(tmp_path / "two.pt").zoo_training["world_size"] == 2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs: NCCL runs one rank per GPU")
+def test_two_nccl_ranks_on_two_gpus_train_what_one_gpu_trains(tmp_path: Path) -> None:
+    one = train_json(tmp_path, "one.pt", device="cuda")
+    two = train_json(tmp_path, "two.pt", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                     device="cuda")
+    assert (two["world_size"], two["backend"], two["device"][:4]) == (2, "nccl", "cuda")
+    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-5)
 
 
 # A throwaway plugin: an activation that kills rank 1 mid-training, and a dataset of two rows.
