@@ -83,7 +83,7 @@ class Row:
     max_abs_error: float | None = None
     onnx: str | None = None  # the exported model, relative to the output directory
     compute: str | None = None  # the dtype the exported graph computes in
-    epochs: int | None = None
+    epochs: int | None = None  # the recipe's epochs; len(history) is how many ran
     # Wall seconds per stage: train, regression (the notes' comparison, regression rows only), export
     # (to_onnx, parity check and bundle replay: write_bundle does them in one call) and total.
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
