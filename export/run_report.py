@@ -110,8 +110,9 @@ def markdown(report: Report) -> str:
     summary = (
         f"{len(report.rows)} models, {len(report.rows) - len(failed)} ok, {len(failed)} failed in "
         f"{report.seconds:.1f} s (seed {s['seed']}, device {s['device']}, opset {s['opset']}, "
-        f"{where_it_ran(s)}). Every model trains with zoo's default recipe (at most {'/'.join(map(str, epochs)) or '-'} "
-        "epochs: full-batch L-BFGS stops once the loss stops improving), is exported as a bundle under `models/<model>/` and checked for parity with the full probe set."
+        f"{where_it_ran(s)}). Every model trains with zoo's default recipe (at most "
+        f"{'/'.join(map(str, epochs)) or '-'} epochs: full-batch L-BFGS stops once the loss stops improving), "
+        "is exported as a bundle under `models/<model>/` and checked for parity with the full probe set."
     )
     lines = ["# zoo run", ""]
     if report.interrupted:

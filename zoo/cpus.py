@@ -8,6 +8,7 @@ may run on (Linux sysfs), within its cgroup v2 quota; elsewhere it falls back to
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pathlib
@@ -16,6 +17,7 @@ SYSFS = pathlib.Path("/sys/devices/system/cpu")
 CGROUP = pathlib.Path("/sys/fs/cgroup/cpu.max")
 
 
+@functools.cache  # the topology and quota do not change under a running process: read sysfs once
 def usable_cores(*, sysfs: pathlib.Path = SYSFS, cgroup: pathlib.Path = CGROUP) -> int:
     """Physical cores among this process's allowed CPUs, capped by its CPU quota; at least 1."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
