@@ -18,12 +18,16 @@ Factory = Callable[..., nn.Module]
 
 def linear_regression(in_features: int = 1, out_features: int = 1, layer: Factory | str = "linear") -> nn.Module:
     """A single linear layer, y = x W^T + b, trained with mean squared error."""
-    return layer(in_features, out_features, True)
+    model = layer(in_features, out_features, True)
+    model.zoo_meta = {"task": "regression", "dataset": "linear"}
+    return model
 
 
 def logistic_regression(in_features: int = 2, layer: Factory | str = "linear") -> nn.Module:
     """A single linear layer giving one logit per row; sigmoid(logit) is P(class 1)."""
-    return layer(in_features, 1, True)
+    model = layer(in_features, 1, True)
+    model.zoo_meta = {"task": "binary_classification", "classes": 2, "dataset": "blobs"}
+    return model
 
 
 def mlp(
@@ -49,7 +53,9 @@ def mlp(
     parts.append(("out", layer(width, out_features, True)))
     if output_activation is not None:
         parts.append(("out_act", output_activation()))
-    return nn.Sequential(OrderedDict(parts))
+    model = nn.Sequential(OrderedDict(parts))
+    model.zoo_meta = {"dataset": "nonlinear"}  # any task whose targets fit its outputs
+    return model
 
 
 def _width_after(act: nn.Module, width: int) -> int:

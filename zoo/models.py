@@ -79,9 +79,38 @@ def model_builder(registries: dict[str, Registry]) -> Callable[[str, Callable[..
         _check_json(name, config)
         model = builder(**call)
         model.zoo_config = config
+        model.zoo_meta = model_meta(name, model)
         return model
 
     return build
+
+
+# What a model says about itself (``model.zoo_meta``), read by training, export and the CLI instead of
+# special cases: the task it is for, the shape of one sample (batch axis excluded; None marks an axis
+# of any length, such as a sequence), the number of classes, and the dataset it is trained on by default.
+META_KEYS = {"task": (str, type(None)), "input_shape": (list,), "classes": (int, type(None)),
+             "dataset": (str, type(None))}
+
+
+def model_meta(name: str, model: Any) -> dict[str, Any]:
+    """The builder's ``model.zoo_meta`` checked and completed (absent keys are None; the input shape
+    defaults to ``[in_features]``); BadArgumentsError names a malformed entry."""
+    given = getattr(model, "zoo_meta", None)
+    given = {} if given is None else given
+    if not isinstance(given, dict) or set(given) - set(META_KEYS):
+        raise BadArgumentsError(f"model {name!r} sets zoo_meta {given!r}; its keys are {sorted(META_KEYS)}")
+    meta = {key: given.get(key) for key in META_KEYS}
+    if meta["input_shape"] is None:
+        features = model.zoo_config.get("in_features")
+        meta["input_shape"] = [features] if isinstance(features, int) else []
+    meta["input_shape"] = list(meta["input_shape"])
+    for key, types in META_KEYS.items():
+        if not isinstance(meta[key], types) or isinstance(meta[key], bool):
+            raise BadArgumentsError(f"model {name!r}: zoo_meta[{key!r}] is {meta[key]!r}")
+    if not all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0) for d in meta["input_shape"]):
+        raise BadArgumentsError(f"model {name!r}: zoo_meta['input_shape'] must hold positive sizes or None")
+    _check_json(name, meta)
+    return meta
 
 
 def _check_json(name: str, config: dict[str, Any]) -> None:
