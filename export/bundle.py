@@ -6,7 +6,8 @@ A bundle (ONNX Model Zoo layout)::
     OUT/test_data_set_N/input_0.pb                  one parity probe batch each (every probe of the check)
     OUT/test_data_set_N/output_0.pb                 the function's value, rounded to the export dtype
     OUT/test_data_set_N/reference_0.pb, bound_0.pb  the float64 value and its error bound (export.bounds)
-    OUT/manifest.json                               sha256, opset, criterion, parity verdict, versions
+    OUT/manifest.json                               every other file's sha256 and size, opset, criterion,
+                                                    parity verdict, versions
 
 Everything is built beside its destination and renamed into place, so a failure (export, parity,
 disk) leaves nothing behind and an existing deliverable is replaced only when asked.
@@ -31,7 +32,8 @@ from export.bounds import UNIT
 from export.onnx_export import ExportError, ExportOptions, export_options, to_onnx
 from export.parity import ParityError, ParityReport, ProbeSet, parity_run
 from export.runtime import BundleError, OnnxModel, encode_tensor, verify_bundle
-from export.runtime.verify import FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FILE, SET_PREFIX, jsonable, sha256
+from export.runtime.integrity import file_table
+from export.runtime.verify import FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FILE, SET_PREFIX, jsonable
 from zoo.files import default_mode, parents_made, write_atomic
 from zoo.timing import timed
 
@@ -114,7 +116,7 @@ def write_bundle(
             report, probe_set = _parity(model, model_path, shown_as=out / MODEL_FILE, dtype=options.dtype)
         runtime = OnnxModel(model_path)
         sets = _write_test_data(probe_set, runtime, staged, options.dtype)
-        manifest = _manifest(model, runtime, report, options, sets=sets)
+        manifest = _manifest(model, runtime, report, options, sets=sets, files=file_table(staged))
         write_atomic(staged / MANIFEST, json.dumps(manifest, indent=2).encode())
         if not report.ok:
             if keep_on_failure:
@@ -248,6 +250,7 @@ def _manifest(
     options: ExportOptions,
     *,
     sets: int,
+    files: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     import onnx
     import onnxruntime
@@ -258,11 +261,7 @@ def _manifest(
         {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "model": {
-                "file": MODEL_FILE,
-                "sha256": sha256(runtime.path),
-                "bytes": runtime.path.stat().st_size,
-            },
+            "model": {"file": MODEL_FILE},
             "opset": options.chosen_opset,
             "exporter": options.exporter,
             "dtype": options.dtype,
@@ -291,6 +290,7 @@ def _manifest(
             "config": getattr(model, "zoo_config", None),
             # as the model file records it: what was trained, not how long it took or where
             "training": runtime.metadata.get("zoo.training"),
+            "files": files,  # every file but this one, checked by verify_bundle before anything else
         }
     )
 

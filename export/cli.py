@@ -240,19 +240,24 @@ def _num(value: Any) -> str:
 def verify_command(bundle: pathlib.Path, runtime: str, as_json: bool) -> None:
     """Re-check BUNDLE (a directory from `zoo export --test-data`, or its model.onnx) in one runtime, without torch.
 
-    Checks the manifest and the model's sha256, then replays every probe of the export-time parity
-    check: each output element must lie within its float error bound of the function's float64
-    value, NaN where the function is NaN, the same infinity where it is infinite. Prints one line
-    per output in units of the bound; exit status 1 on any failure (the last line says whether
-    only NaN/inf handling differs, as in runtimes that map NaN to a number).
+    First checks every file against the manifest's sha256 and size ("bundle damaged: FILE missing /
+    changed / unexpected" otherwise), then replays every probe of the export-time parity check: each
+    output element must lie within its float error bound of the function's float64 value, NaN where
+    the function is NaN, the same infinity where it is infinite. Prints one line per output in units
+    of the bound; exit status 1 on any failure (the last line says whether only NaN/inf handling
+    differs, as in runtimes that map NaN to a number).
     """
-    from export.runtime import RuntimeMissingError, verify_bundle
+    from export.runtime import BundleDamagedError, RuntimeMissingError, verify_bundle
 
     with _one_line_errors():
         try:
             report = verify_bundle(bundle, strict=False, runtime=runtime)
         except RuntimeMissingError as exc:
             raise click.ClickException(str(exc)) from exc
+        except BundleDamagedError as exc:
+            if as_json:
+                emit_json(exc.to_dict())
+            raise
     if as_json:
         emit_json(report.to_dict())
     else:

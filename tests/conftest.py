@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -78,3 +79,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def reseal(bundle: Path) -> Path:
+    """List a bundle's files anew in its manifest, after a test changed them on purpose (to stand for another model)."""
+    from export.runtime.integrity import file_table
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"] = file_table(bundle)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle

@@ -1,4 +1,4 @@
-"""Bundles: written whole or not at all, replayed by a runtime alone with the export-time rule, tampering caught."""
+"""Bundles: written whole or not at all, replayed by a runtime alone with the export-time rule, damage caught first."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import reseal
 from torch import nn
 
 import zoo
@@ -18,6 +19,7 @@ from export import ExportError, ParityError
 from export.bundle import failed_path, write_bundle, write_onnx, write_tensor
 from export.parity import check_parity
 from export.runtime import (
+    BundleDamagedError,
     BundleError,
     BundleMismatchError,
     OnnxModel,
@@ -67,8 +69,12 @@ def test_layout_and_manifest(bundle):
     sets = manifest["test_data_sets"]
     assert sorted(os.listdir(out)) == sorted(["manifest.json", "model.onnx", *(f"test_data_set_{i}" for i in range(sets))])
     assert sorted(os.listdir(out / "test_data_set_0")) == ["bound_0.pb", "input_0.pb", "output_0.pb", "reference_0.pb"]
-    assert manifest["format"] == "zoo-bundle" and manifest["format_version"] == 2
-    assert manifest["model"]["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    assert manifest["format"] == "zoo-bundle" and manifest["format_version"] == 3
+    every_file = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert sorted(manifest["files"]) == [f for f in every_file if f != "manifest.json"]
+    for name, listed in manifest["files"].items():
+        data = (out / name).read_bytes()
+        assert listed == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}, name
     assert (manifest["opset"], manifest["exporter"], manifest["dtype"]) == (17, "torchscript", "float32")
     assert manifest["compute"] == "float32"
     assert manifest["inputs"] == [{"name": "input", "shape": ["batch", 3], "dtype": "float32"}]
@@ -104,25 +110,89 @@ def test_verify_has_the_power_of_the_export_time_check(bundle):
     [output] = report.outputs
     assert report.ok and report.runtime == "onnxruntime" and 0 < report.worst_ratio <= 1
     assert output.counts == check_parity(model, out / "model.onnx").outputs[0].counts
-    assert report.sha256 == manifest_of(out)["model"]["sha256"] and report.opset == 17
+    assert report.sha256 == manifest_of(out)["files"]["model.onnx"]["sha256"] and report.opset == 17
     assert verify_bundle(out / "model.onnx").ok
     json.dumps(report.to_dict(), allow_nan=False)  # strict JSON: non-finite values are strings
 
 
-# -- tampering -------------------------------------------------------------------------------------
-def test_a_modified_model_fails_the_checksum(copy):
-    data = bytearray((copy / "model.onnx").read_bytes())
-    data[-1] ^= 1
-    (copy / "model.onnx").write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="sha256"):
+# -- damage: found before anything is judged -------------------------------------------------------
+def flip_a_byte(file, at: int = -1) -> None:
+    data = bytearray(file.read_bytes())
+    data[at] ^= 1
+    file.write_bytes(bytes(data))
+
+
+def corrupt_a_reference(set_dir) -> None:
+    """A float64 reference value garbled in place, as a bad disk or transfer would (same size)."""
+    data = bytearray((set_dir / "reference_0.pb").read_bytes())
+    data[-2] ^= 0x40  # in the exponent of the last value
+    (set_dir / "reference_0.pb").write_bytes(bytes(data))
+
+
+def planted_link(copy) -> None:
+    """bound_0.pb replaced by a symlink to a file with the very same bytes outside the bundle."""
+    target = copy.parent / "outside.pb"
+    shutil.copy(copy / "test_data_set_3" / "bound_0.pb", target)
+    (copy / "test_data_set_3" / "bound_0.pb").unlink()
+    (copy / "test_data_set_3" / "bound_0.pb").symlink_to(target)
+
+
+DAMAGE = {
+    "output-deleted": (lambda c: (c / "test_data_set_3" / "output_0.pb").unlink(), "test_data_set_3/output_0.pb missing"),
+    "output-truncated": (
+        lambda c: (c / "test_data_set_3" / "output_0.pb").write_bytes((c / "test_data_set_3" / "output_0.pb").read_bytes()[:-4]),
+        "test_data_set_3/output_0.pb changed",
+    ),
+    "output-one-byte": (lambda c: flip_a_byte(c / "test_data_set_3" / "output_0.pb"), "test_data_set_3/output_0.pb changed"),
+    "reference-corrupted": (lambda c: corrupt_a_reference(c / "test_data_set_3"), "test_data_set_3/reference_0.pb changed"),
+    "set-missing": (lambda c: shutil.rmtree(c / "test_data_set_3"), "test_data_set_3/ missing"),
+    "set-extra": (lambda c: shutil.copytree(c / "test_data_set_0", c / "test_data_set_99"), "test_data_set_99/ unexpected"),
+    "stray-file": (lambda c: (c / "test_data_set_3" / "notes.txt").write_text("hello"), "test_data_set_3/notes.txt unexpected"),
+    "model-changed": (lambda c: flip_a_byte(c / "model.onnx"), "model.onnx changed"),
+    "symlink": (planted_link, "test_data_set_3/bound_0.pb is a symlink"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damage_is_named_in_one_line_before_the_model_is_judged(copy, damage):
+    edit, named = DAMAGE[damage]
+    edit(copy)
+    with pytest.raises(BundleDamagedError) as caught:
+        verify_bundle(copy, strict=False)
+    message = str(caught.value)
+    assert message.startswith(f"bundle damaged: {named} ({copy} ") and "\n" not in message
+    assert [str(d) for d in caught.value.damage] == [named]  # that file alone: no model blamed, no other set named
+
+
+def test_much_damage_names_the_first_few_and_counts_the_rest(copy):
+    sets = manifest_of(copy)["test_data_sets"]
+    for index in range(sets):
+        flip_a_byte(copy / f"test_data_set_{index}" / "input_0.pb")
+    with pytest.raises(BundleDamagedError, match=f"test_data_set_10/input_0.pb changed and {sets - 3} more") as caught:
+        verify_bundle(copy)
+    assert len(caught.value.damage) == sets
+    assert caught.value.to_dict()["damaged"][0] == {"path": "test_data_set_0/input_0.pb", "problem": "changed"}
+
+
+def test_a_symlinked_folder_or_manifest_is_refused(copy):
+    (copy / "test_data_set_3").rename(copy.parent / "elsewhere")
+    (copy / "test_data_set_3").symlink_to(copy.parent / "elsewhere")
+    with pytest.raises(BundleDamagedError, match="bundle damaged: test_data_set_3 is a symlink [(]"):
+        verify_bundle(copy)
+    (copy / "test_data_set_3").unlink()
+    (copy.parent / "elsewhere").rename(copy / "test_data_set_3")
+    (copy / "manifest.json").rename(copy.parent / "manifest.json")
+    (copy / "manifest.json").symlink_to(copy.parent / "manifest.json")
+    with pytest.raises(BundleDamagedError, match="bundle damaged: manifest.json is a symlink"):
         verify_bundle(copy)
 
 
 def shift_expectation(set_dir, change) -> None:
-    """Change the expected output and its float64 reference alike, as another model would."""
+    """Change the expected output and its float64 reference alike, as another model would (manifest included)."""
     for stem in ("output_0", "reference_0"):
         file = set_dir / f"{stem}.pb"
         write_tensor(file, change(read_tensor(file).array), name="output")
+    reseal(set_dir.parent)
 
 
 def test_a_changed_output_value_is_reported_with_its_position(copy):
@@ -163,7 +233,7 @@ def test_the_nan_inf_pattern_must_match_exactly(copy, swap):
     else:  # expected NaN, onnxruntime now gives something else there
         x = read_tensor(where / "input_0.pb").array
         write_tensor(where / "input_0.pb", np.where(np.isnan(x), 1.0, x), name="input")
-    report = verify_bundle(copy, strict=False)
+    report = verify_bundle(reseal(copy), strict=False)
     assert not report.ok
     assert report.outputs[0].failures["nan"] + report.outputs[0].failures["finite"] >= 1
 
@@ -171,9 +241,12 @@ def test_the_nan_inf_pattern_must_match_exactly(copy, swap):
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        (lambda m: m.update(format_version=3), "upgrade zoo"),
-        (lambda m: m.update(format_version=1), "re-export the bundle"),
-        (lambda m: m["model"].pop("sha256"), "model.sha256"),
+        (lambda m: m.update(format_version=4), "upgrade zoo"),
+        (lambda m: m.update(format_version=2), "re-export the bundle"),  # before every file was listed
+        (lambda m: m.pop("files"), "'files' table is missing"),
+        (lambda m: m["files"]["model.onnx"].pop("sha256"), "no sha256 and size for 'model.onnx'"),
+        (lambda m: m["files"].update({"../model.onnx": m["files"]["model.onnx"]}), "lists '../model.onnx', which is no"),
+        (lambda m: m["files"].update({"/etc/passwd": m["files"]["model.onnx"]}), "lists '/etc/passwd', which is no"),
         (lambda m: m["model"].update(file="../model.onnx"), "model.file"),
         (lambda m: m["criterion"].update(unit_roundoff=-1), "criterion.unit_roundoff"),
         (lambda m: m.update(test_data_sets=3), "test data sets"),
@@ -188,20 +261,21 @@ def test_a_malformed_manifest_is_refused(copy, change, fragment):
         verify_bundle(copy)
 
 
-def test_missing_or_broken_parts_are_refused(copy, tmp_path):
+def test_missing_or_broken_parts_of_a_consistent_manifest_are_refused(copy, tmp_path):
+    """Files broken before the manifest was written (a writer's bug) still give one clear error each."""
     with pytest.raises(BundleError, match="no such bundle"):
         verify_bundle(tmp_path / "nowhere")
     data = (copy / "test_data_set_0" / "bound_0.pb").read_bytes()
     (copy / "test_data_set_0" / "bound_0.pb").write_bytes(data[:-5])
     with pytest.raises(BundleError, match="bound_0.pb is not a readable TensorProto"):
-        verify_bundle(copy)
+        verify_bundle(reseal(copy))
     (copy / "test_data_set_0" / "bound_0.pb").write_bytes(data)
     (copy / "test_data_set_1" / "reference_0.pb").unlink()
     with pytest.raises(BundleError, match="test_data_set_1/reference_0.pb is missing"):
-        verify_bundle(copy)
+        verify_bundle(reseal(copy))
     shutil.rmtree(copy / "test_data_set_1")
-    with pytest.raises(BundleError, match="test data sets"):
-        verify_bundle(copy)
+    with pytest.raises(BundleError, match=r"counts \d+ test data sets: test_data_set_1 missing$"):
+        verify_bundle(reseal(copy))
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="not readable JSON"):
         verify_bundle(copy)
@@ -254,12 +328,12 @@ def test_existing_outputs_are_replaced_only_when_asked(bundle, tmp_path):
     assert os.listdir(other) == ["keep.txt"]
 
     out = shutil.copytree(bundle[1], tmp_path / "b")
-    old_sha = manifest_of(out)["model"]["sha256"]
+    old_sha = manifest_of(out)["files"]["model.onnx"]["sha256"]
     with pytest.raises(ExportError, match="already exists"):
         write_bundle(tanh_mlp(seed=1), out)
-    assert manifest_of(out)["model"]["sha256"] == old_sha
+    assert manifest_of(out)["files"]["model.onnx"]["sha256"] == old_sha
     write_bundle(tanh_mlp(seed=1), out, overwrite=True)
-    assert manifest_of(out)["model"]["sha256"] != old_sha and verify_bundle(out).ok
+    assert manifest_of(out)["files"]["model.onnx"]["sha256"] != old_sha and verify_bundle(out).ok
     assert sorted(os.listdir(tmp_path)) == ["b", "notes"]  # no staging or old copies left
 
 

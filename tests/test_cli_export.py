@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, assert_one_line_error, run_zoo
+from conftest import ROOT, assert_one_line_error, reseal, run_zoo
 
 import zoo
 from export.bundle import write_tensor
@@ -159,15 +159,27 @@ def test_a_parity_failure_prints_the_worst_inputs_and_writes_nothing(third_party
     assert "Traceback" not in result.stderr and os.listdir(out) == []
 
 
-def test_a_tampered_bundle_fails_verification(bundle, tmp_path):
+def test_another_models_expectations_fail_verification(bundle, tmp_path):
     copy = shutil.copytree(bundle, tmp_path / "copy")
     for stem in ("output_0", "reference_0"):  # another model's expectations, float64 reference included
         y = read_tensor(copy / "test_data_set_1" / f"{stem}.pb").array
         write_tensor(copy / "test_data_set_1" / f"{stem}.pb", y + 0.5, name="output")
-    result = run_zoo("verify", str(copy))
+    result = run_zoo("verify", str(reseal(copy)))
     assert_one_line_error(result, "FAIL", "worst (finite) of output 'output'", "at row")
     assert "FAIL output 'output'" in result.stdout and "of its bound" in result.stdout
     assert "of its bound" not in result.stderr  # the details once, on stdout; the verdict once, on stderr
+
+
+def test_a_damaged_bundle_is_one_line_and_json(capsys, bundle, tmp_path):
+    copy = shutil.copytree(bundle, tmp_path / "copy")
+    (copy / "test_data_set_3" / "output_0.pb").unlink()
+    line = f"bundle damaged: test_data_set_3/output_0.pb missing ({copy} "
+    assert_one_line_error(zoo_here(capsys, "verify", str(copy)), line)
+    as_json = zoo_here(capsys, "verify", str(copy), "--json")
+    assert_one_line_error(as_json, line)
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is False and report["summary"].startswith(line)
+    assert report["damaged"] == [{"path": "test_data_set_3/output_0.pb", "problem": "missing"}]
 
 
 @pytest.mark.parametrize(

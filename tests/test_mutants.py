@@ -10,7 +10,6 @@ pass. Real torch, onnx and onnxruntime throughout.
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import shutil
@@ -20,6 +19,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import reseal
 from onnx import helper, numpy_helper
 
 import zoo
@@ -27,7 +27,7 @@ from export.bundle import write_bundle
 from export.matrix import ALONE_FEATURES, opsets
 from export.onnx_export import to_onnx
 from export.parity import check_parity, judge, parity_run
-from export.runtime.verify import MANIFEST, MODEL_FILE, sha256, verify_bundle
+from export.runtime.verify import MODEL_FILE, verify_bundle
 
 HIDDEN = [16, 16]
 Edit = Callable[[onnx.ModelProto], None]
@@ -269,10 +269,7 @@ def _judge(model: torch.nn.Module, proto: onnx.ModelProto, bundle: pathlib.Path,
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     onnx.save(proto, str(copy / MODEL_FILE))
-    manifest = json.loads((copy / MANIFEST).read_text())
-    manifest["model"]["sha256"] = sha256(copy / MODEL_FILE)
-    (copy / MANIFEST).write_text(json.dumps(manifest))
-    return report, verify_bundle(copy, strict=False)
+    return report, verify_bundle(reseal(copy), strict=False)
 
 
 # ---------------------------------------------------------------------------- mutants: must fail

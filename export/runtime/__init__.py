@@ -3,17 +3,20 @@
 from export.runtime import OnnxModel, verify_bundle
 y = OnnxModel("mlp.onnx").run(x)
 verify_bundle("mlp-bundle").ok                        # or runtime="openvino" / "tract" (optional extras)
+                                                      # BundleDamagedError first if any file differs
 """
 
 from export.options import RUNTIMES
-from export.runtime.backends import RuntimeLoadError, RuntimeMissingError
-from export.runtime.compare import OutputVerdict, compare_output
-from export.runtime.model import InputError, ModelFileError, OnnxModel
-from export.runtime.tensor_proto import TensorProtoError, encode_tensor, read_tensor
-from export.runtime.verify import BundleError, BundleMismatchError, VerifyReport, verify_bundle
+
+from .backends import RuntimeLoadError, RuntimeMissingError
+from .compare import OutputVerdict, compare_output
+from .model import InputError, ModelFileError, OnnxModel
+from .tensor_proto import TensorProtoError, encode_tensor, read_tensor
+from .verify import BundleDamagedError, BundleError, BundleMismatchError, VerifyReport, verify_bundle
 
 __all__ = [
     "RUNTIMES",
+    "BundleDamagedError",
     "BundleError",
     "BundleMismatchError",
     "InputError",

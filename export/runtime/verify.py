@@ -4,6 +4,9 @@ A bundle is a directory in the ONNX Model Zoo layout plus a manifest::
 
     model.onnx  manifest.json  test_data_set_N/{input_0, output_0, reference_0, bound_0}.pb ...
 
+The manifest lists every other file with its sha256 and size (``export.runtime.integrity``), and
+``verify_bundle`` checks them all before it loads the model or reads a test data file, so a damaged
+bundle is reported as damaged (BundleDamagedError), never as a model that computes wrong values.
 Its test data sets are every probe of the export-time parity check, with the float64 reference and
 the error bound of each output element, so ``verify_bundle`` has the power of ``check_parity`` and
 applies the same rule (``export.runtime.compare``) with onnxruntime, OpenVINO or tract.
@@ -12,31 +15,43 @@ applies the same rule (``export.runtime.compare``) with onnxruntime, OpenVINO or
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
-import re
 from typing import Any
 
 import numpy as np
 
-from export.runtime.backends import RuntimeLoadError, load_runner
-from export.runtime.compare import OutputVerdict, compare_output, jsonable
-from export.runtime.model import InputError, ModelFileError, OnnxModel
-from export.runtime.tensor_proto import TensorProtoError, read_tensor
+from .backends import RuntimeLoadError, load_runner
+from .compare import OutputVerdict, compare_output, jsonable
+from .integrity import MANIFEST, Damage, damage, listing_problem, some
+from .model import InputError, ModelFileError, OnnxModel
+from .tensor_proto import TensorProtoError, read_tensor
 
-__all__ = ["BundleError", "BundleMismatchError", "VerifyReport", "jsonable", "verify_bundle"]
+__all__ = ["BundleDamagedError", "BundleError", "BundleMismatchError", "VerifyReport", "jsonable", "verify_bundle"]
 
 FORMAT = "zoo-bundle"
-FORMAT_VERSION = 2
-MANIFEST = "manifest.json"
+FORMAT_VERSION = 3  # 3: the manifest's `files` table covers every file
 MODEL_FILE = "model.onnx"
 SET_PREFIX = "test_data_set_"
 
 
 class BundleError(ValueError):
     """A bundle is missing, malformed, modified since export, or its outputs no longer match."""
+
+
+class BundleDamagedError(BundleError):
+    """The bundle's files differ from its manifest (missing, changed, unexpected, a symlink); ``.damage`` lists them."""
+
+    def __init__(self, root: pathlib.Path, found: list[Damage]) -> None:
+        self.path = str(root)
+        self.damage = found
+        super().__init__(f"bundle damaged: {some([str(d) for d in found])} "
+                         f"({root} differs from its {MANIFEST}: copy or export it again)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict: ok (False), the bundle's path, every damaged path with its problem, the one line."""
+        return {"ok": False, "path": self.path, "damaged": [d._asdict() for d in self.damage], "summary": str(self)}
 
 
 class BundleMismatchError(BundleError):
@@ -106,16 +121,15 @@ class VerifyReport:
 def verify_bundle(path: str | os.PathLike[str], *, strict: bool = True, runtime: str = "onnxruntime") -> VerifyReport:
     """Check a bundle (its directory or its model.onnx) in ``runtime`` alone (no torch).
 
-    Raises BundleError when the manifest is missing or malformed, the model's sha256 differs from
-    the manifest's, a test data file is missing or unreadable, or the runtime cannot load the model;
-    with ``strict``, BundleMismatchError when an output breaks the parity rule.
+    Raises BundleDamagedError, before anything else is read, when a file differs from the
+    manifest's table (missing, changed, unexpected, a symlink); BundleError when the manifest is
+    missing or malformed, a test data file is unreadable or the runtime cannot load the model; with
+    ``strict``, BundleMismatchError when an output breaks the parity rule.
     """
     root = bundle_dir(path)
     manifest = load_manifest(root)
+    check_integrity(root, manifest)
     model_path = root / manifest["model"]["file"]
-    digest = sha256(model_path)
-    if digest != manifest["model"]["sha256"]:
-        raise BundleError(f"{model_path} does not match the manifest's sha256: it changed after export")
     try:
         model = OnnxModel(model_path)
         run = model.run_all if runtime == "onnxruntime" else _named(load_runner(runtime, model_path), model)
@@ -141,6 +155,7 @@ def verify_bundle(path: str | os.PathLike[str], *, strict: bool = True, runtime:
                        dtype=dtype, expected_name=wanted)
         for name, wanted in zip(model.output_names, expected)
     ]
+    digest = manifest["files"][model_path.name]["sha256"]
     report = VerifyReport(str(root), digest, model.opset, runtime, len(sets), verdicts)
     if strict and not report.ok:
         raise BundleMismatchError(report)
@@ -150,6 +165,16 @@ def verify_bundle(path: str | os.PathLike[str], *, strict: bool = True, runtime:
 def _named(runner: Any, model: OnnxModel) -> Any:
     """A runner's output list as a dict by the model's output names, with the model's input checks."""
     return lambda x: dict(zip(model.output_names, runner(model._prepare(x))))
+
+
+def check_integrity(root: pathlib.Path, manifest: dict[str, Any]) -> None:
+    """Raise BundleDamagedError unless the files under ``root`` are exactly those of the manifest's table."""
+    try:
+        found = damage(root, manifest["files"])
+    except OSError as exc:
+        raise BundleError(f"cannot read the bundle {root}: {exc.strerror or exc}") from exc
+    if found:
+        raise BundleDamagedError(root, found)
 
 
 def bundle_dir(path: str | os.PathLike[str]) -> pathlib.Path:
@@ -168,6 +193,8 @@ def bundle_dir(path: str | os.PathLike[str]) -> pathlib.Path:
 def load_manifest(root: pathlib.Path) -> dict[str, Any]:
     """The parsed, checked manifest.json of the bundle at ``root``."""
     where = root / MANIFEST
+    if where.is_symlink():
+        raise BundleDamagedError(root, [Damage(MANIFEST, "symlink")])
     try:
         manifest = json.loads(where.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -179,10 +206,11 @@ def load_manifest(root: pathlib.Path) -> dict[str, Any]:
         newer = isinstance(version, int) and version > FORMAT_VERSION
         raise BundleError(f"{where} has format_version {version!r}; this zoo reads {FORMAT_VERSION} "
                           f"({'upgrade zoo' if newer else 're-export the bundle with this zoo'})")
-    _require(where, manifest, "model.file", lambda v: isinstance(v, str) and v == pathlib.Path(v).name)
-    _require(
-        where, manifest, "model.sha256", lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v)
-    )
+    problem = listing_problem(manifest.get("files"))
+    if problem:
+        raise BundleError(f"{where}: {problem}")
+    _require(where, manifest, "model.file",
+             lambda v: isinstance(v, str) and v == pathlib.Path(v).name and v in manifest["files"])
     _require(where, manifest, "dtype", lambda v: v in ("float32", "float16"))
     _require(where, manifest, "criterion.unit_roundoff", lambda v: _number(v) and 0 < v < 1)
     _require(
@@ -203,24 +231,20 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def sha256(path: pathlib.Path) -> str:
-    """The hex sha256 of a file; BundleError when it cannot be read."""
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return digest.hexdigest()
-
-
 def _test_sets(root: pathlib.Path, count: int) -> list[pathlib.Path]:
-    found = sorted(p.name for p in root.glob(f"{SET_PREFIX}*") if p.is_dir())
+    """The test data set folders the manifest counts; BundleError naming those missing or not counted."""
+    found = {p.name for p in root.glob(f"{SET_PREFIX}*") if p.is_dir()}
     wanted = [f"{SET_PREFIX}{i}" for i in range(count)]
-    if sorted(wanted) != found:
-        raise BundleError(f"{root} holds test data sets {found}; its manifest lists {count} ({wanted[0]}..)")
+    missing, extra = [w for w in wanted if w not in found], sorted(found.difference(wanted), key=_natural)
+    if missing or extra:
+        named = [f"{name} missing" for name in missing] + [f"{name} not counted" for name in extra]
+        raise BundleError(f"{root / MANIFEST} counts {count} test data sets: {some(named)}")
     return [root / name for name in wanted]
+
+
+def _natural(name: str) -> tuple[int, str]:
+    """test_data_set_2 before test_data_set_10."""
+    return len(name), name
 
 
 def _tensor(file: pathlib.Path, root: pathlib.Path, name: str, dtype: np.dtype) -> np.ndarray:
