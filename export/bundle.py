@@ -5,7 +5,9 @@ A bundle (ONNX Model Zoo layout)::
     OUT/model.onnx
     OUT/test_data_set_N/input_0.pb                  one parity probe batch each (every probe of the check)
     OUT/test_data_set_N/output_0.pb                 the function's value, rounded to the export dtype
-    OUT/test_data_set_N/reference_0.pb, bound_0.pb  the float64 value and its error bound (export.bounds)
+    OUT/test_data_set_N/reference_0.pb              the float64 value (export.bounds)
+    OUT/test_data_set_N/bound_0.pb, spread_0.pb, allowance_0.pb   its tolerance: the worst-case bound,
+                                                    the spread of honest rounding, the allowance
     OUT/manifest.json                               every other file's sha256 and size, opset, criterion,
                                                     parity verdict, versions
 
@@ -33,7 +35,10 @@ from export.onnx_export import ExportError, ExportOptions, export_options, to_on
 from export.parity import ParityError, ParityReport, ProbeSet, parity_run
 from export.runtime import BundleError, OnnxModel, encode_tensor, verify_bundle
 from export.runtime.integrity import file_table
-from export.runtime.verify import FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FILE, SET_PREFIX, jsonable
+from export.runtime.compare import SPREADS
+from export.runtime.verify import (
+    FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FILE, SET_PREFIX, TOLERANCE_FILES, jsonable,
+)
 from zoo.files import default_mode, parents_made, write_atomic
 from zoo.timing import timed
 
@@ -239,7 +244,9 @@ def _write_test_data(probe_set: ProbeSet, runtime: OnnxModel, out: pathlib.Path,
             with np.errstate(over="ignore"):
                 write_tensor(set_dir / f"output_{position}.pb", reference.astype(dtype), name=name)
             write_tensor(set_dir / f"reference_{position}.pb", reference, name=name)
-            write_tensor(set_dir / f"bound_{position}.pb", probe_set.bounds[position][rows], name=name)
+            tolerance = probe_set.tolerances[position].rows(rows)
+            for kind in TOLERANCE_FILES:
+                write_tensor(set_dir / f"{kind}_{position}.pb", getattr(tolerance, kind), name=name)
     return len(take)
 
 
@@ -273,9 +280,11 @@ def _manifest(
                 for name, dims in zip(runtime.output_names, runtime.output_shapes)
             ],
             "criterion": {
-                "rule": "|actual - reference| <= bound per element; NaN where reference is NaN; "
-                        "reference's infinity where it is one; anything where bound is infinite",
+                "rule": "|actual - reference| <= bound and <= spreads * spread + allowance per element; "
+                        "NaN where reference is NaN; reference's infinity where it is one; "
+                        "anything where bound is infinite",
                 "unit_roundoff": UNIT[options.dtype],
+                "spreads": SPREADS,
             },
             "test_data_sets": sets,
             "parity": report.to_dict(),

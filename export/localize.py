@@ -39,7 +39,7 @@ def first_failing_node(model: torch.nn.Module, proto: onnx.ModelProto, probe_set
         if node is None:
             continue
         value = values[node.output[0]]
-        verdict = compare_output(node.output[0], value, module.value, module.bound, dtype=str(value.dtype))
+        verdict = compare_output(node.output[0], value, module.value, module.tolerance, dtype=str(value.dtype))
         if not verdict.ok:
             return (f"first node out of its bound: {node.op_type} {node.name!r}, the output of torch module "
                     f"{module.name!r} ({module.kind}): {verdict.describe()}")

@@ -1,10 +1,11 @@
 """``check_parity``: the exported model against the function's float64 value, within what float arithmetic allows.
 
 Every probe (``export.probes``) runs through onnxruntime and, with the same weights as exported,
-through ``export.bounds``: torch in float64 carrying the error bound of each output element. The
-ONNX output passes where ``export.runtime.compare`` says so (within the bound, NaN/inf where the
-function has them); the same rule judges torch eager in float32 on this machine, and where torch
-fails it the report says so (a kernel of this CPU), without excusing or blaming the export.
+through ``export.bounds``: torch in float64 carrying both tiers of each output element's tolerance
+(the worst case of any correct evaluation, and the spread of honest rounding). The ONNX output
+passes where ``export.runtime.compare`` says so (within both tiers, NaN/inf where the function has
+them); the same rule judges torch eager in float32 on this machine, and where torch fails it the
+report says so (a kernel of this CPU), without excusing or blaming the export.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from export import bounds, probes
 from export.onnx_export import DTYPES, eval_copy
-from export.runtime.compare import OutputVerdict, compare_output, jsonable
+from export.runtime.compare import OutputVerdict, Tolerance, compare_output, jsonable
 from zoo.errors import ZooError
 
 
@@ -34,11 +35,11 @@ class ParityError(ZooError):
 
 @dataclass
 class ProbeSet:
-    """The probe batches of one model and, stacked, their float64 reference and bound per output."""
+    """The probe batches of one model and, stacked, their float64 reference and tolerance per output."""
 
     batches: list[probes.Probe]
     references: list[np.ndarray]  # per output, (rows, ...) float64
-    bounds: list[np.ndarray]
+    tolerances: list[Tolerance]
 
     @property
     def inputs(self) -> np.ndarray:
@@ -85,6 +86,11 @@ class ParityReport:
         return max((o.worst_ratio for o in self.outputs), default=math.nan)
 
     @property
+    def worst_statistical(self) -> float:
+        """The largest error of a finite element in units of its statistical bound (at most 1 to pass)."""
+        return max((o.worst_statistical for o in self.outputs), default=math.nan)
+
+    @property
     def max_abs_error(self) -> float:
         """The largest absolute error of a finite element: informative only, the bound is the rule."""
         return max((o.max_abs_error for o in self.outputs), default=math.nan)
@@ -95,7 +101,7 @@ class ParityReport:
         return all(o.ok for o in self.torch)
 
     def summary(self) -> str:
-        """One line: verdict, the worst element in units of its bound, failures per class."""
+        """One line: verdict, the worst element in units of each tier, failures per class."""
         verdict = "PASS" if self.ok else "FAIL"
         if self.errors:
             return f"{verdict} {self.path}: {self.errors[0]}"
@@ -108,8 +114,10 @@ class ParityReport:
         bad = next((o for o in self.outputs if not o.ok and o.worst), None)
         if bad is not None:
             w = bad.worst
+            tiers = bad.explain_worst()
             lines.append(f"worst: output {bad.name!r} ({w.element_class}) on probe {self.worst_probe}, input "
-                         f"{_short(self.worst_input)}: expected {w.reference!r} +- {w.bound:.3g}, got {w.actual!r}")
+                         f"{_short(self.worst_input)}: expected {w.reference!r}, got {w.actual!r}"
+                         + (f", {tiers}" if tiers else ""))
         if self.culprit:
             lines.append(self.culprit)
         return "; ".join(lines)
@@ -128,7 +136,8 @@ class ParityReport:
         for key, verdicts in (("outputs", self.outputs), ("torch", self.torch)):
             for entry, verdict in zip(data[key], verdicts):
                 entry.update(ok=verdict.ok, finite_ok=verdict.finite_ok, summary=verdict.describe())
-        data.update(ok=self.ok, worst_ratio=jsonable(self.worst_ratio), max_abs_error=jsonable(self.max_abs_error),
+        data.update(ok=self.ok, worst_ratio=jsonable(self.worst_ratio),
+                    worst_statistical=jsonable(self.worst_statistical), max_abs_error=jsonable(self.max_abs_error),
                     torch_ok=self.torch_ok, summary=self.summary())
         return data
 
@@ -189,13 +198,13 @@ def reference_probes(model: torch.nn.Module, sample_shape: tuple[int, ...], *, d
     batches = probes.make_probes(math.prod(sample_shape), dtype=dtype, seed=seed, knees=probes.knees_of(model))
     batches = [probes.Probe(p.name, p.data.reshape(p.batch, *sample_shape)) for p in batches]
     run = bounds.bounded_run(model, np.concatenate([p.data for p in batches]), dtype=dtype)
-    return ProbeSet(batches, run.outputs, run.bounds)
+    return ProbeSet(batches, run.outputs, run.tolerances)
 
 
 def judge(names: list[str], outputs: list[np.ndarray], probe_set: ProbeSet, dtype: str) -> list[OutputVerdict]:
-    """Each output against its reference and bound (``export.runtime.compare``)."""
-    return [compare_output(name, actual, reference, bound, dtype=dtype)
-            for name, actual, reference, bound in zip(names, outputs, probe_set.references, probe_set.bounds)]
+    """Each output against its reference and tolerance (``export.runtime.compare``)."""
+    return [compare_output(name, actual, reference, tolerance, dtype=dtype)
+            for name, actual, reference, tolerance in zip(names, outputs, probe_set.references, probe_set.tolerances)]
 
 
 def _point_at_worst(report: ParityReport, probe_set: ProbeSet) -> None:

@@ -59,7 +59,7 @@ def test_finite_values_pass_in_other_runtimes(runtime: str, name: str, bundles: 
     assert 0 < (~rows).sum() < 0.05 * len(rows)  # the log sweep and special values beyond 1e30
     actual = load_runner(runtime, bundles[name] / "model.onnx")(probe_set.inputs[rows])
     sub = type(probe_set)(probe_set.batches, [r[rows] for r in probe_set.references],
-                          [b[rows] for b in probe_set.bounds])
+                          [t.rows(rows) for t in probe_set.tolerances])
     verdicts = judge(["output"], actual, sub, "float32")
     assert all(v.finite_ok for v in verdicts), [v.describe() for v in verdicts]
     print(f"{runtime}-{name}: {report.summary()}")

@@ -68,7 +68,8 @@ def test_layout_and_manifest(bundle):
     manifest = manifest_of(out)
     sets = manifest["test_data_sets"]
     assert sorted(os.listdir(out)) == sorted(["manifest.json", "model.onnx", *(f"test_data_set_{i}" for i in range(sets))])
-    assert sorted(os.listdir(out / "test_data_set_0")) == ["bound_0.pb", "input_0.pb", "output_0.pb", "reference_0.pb"]
+    assert sorted(os.listdir(out / "test_data_set_0")) == ["allowance_0.pb", "bound_0.pb", "input_0.pb", "output_0.pb",
+                                                                    "reference_0.pb", "spread_0.pb"]
     assert manifest["format"] == "zoo-bundle" and manifest["format_version"] == 3
     every_file = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert sorted(manifest["files"]) == [f for f in every_file if f != "manifest.json"]

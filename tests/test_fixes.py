@@ -30,7 +30,7 @@ def agrees(model: nn.Module, path: Path, values: list[list[float]], dtype: str =
     """The parity rule on these inputs: within the float bound of the function's value, NaN/inf where it has them."""
     x = np.array(values, dtype=dtype)
     run = bounds.bounded_run(model.eval().to(getattr(torch, dtype)), x, dtype=dtype)
-    return compare_output("output", run_onnx(path, x), run.outputs[0], run.bounds[0], dtype=dtype).ok
+    return compare_output("output", run_onnx(path, x), run.outputs[0], run.tolerances[0], dtype=dtype).ok
 
 
 def export_both(model: nn.Module, tmp_path: Path, example: torch.Tensor, **options) -> tuple[Path | None, Path]:

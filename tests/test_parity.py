@@ -15,7 +15,7 @@ from torch import nn
 import zoo
 from export import ParityError, ParityReport, bounds, check_parity, lowerings, matrix, to_onnx
 from export.probes import BATCH_SIZES, DTYPES, FINE_STEP, SWEEP_LIMIT, make_probes, special_values
-from export.runtime.compare import classify, compare_output
+from export.runtime.compare import Tolerance, classify, compare_output
 
 pytestmark = pytest.mark.parity
 
@@ -59,7 +59,7 @@ def test_a_dot_products_bound_grows_with_the_size_of_its_terms() -> None:
         layer.weight.copy_(torch.tensor([[1.0, -1.0, 1.0, -1.0]]))
     x = np.array([[1e4, 1e4, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]], dtype=np.float32)
     run = bounds.bounded_run(layer.eval(), x, dtype="float32")
-    y, bound = run.outputs[0][:, 0], run.bounds[0][:, 0]
+    y, bound = run.outputs[0][:, 0], run.tolerances[0].bound[:, 0]
     assert y.tolist() == [1.0, 1.0]
     gamma = bounds.gamma(4, 2.0**-24)
     assert bound[0] >= gamma * (2e4 + 1) > 100 * bound[1]  # same y, far larger terms
@@ -80,10 +80,10 @@ def test_every_correct_float32_evaluation_in_another_order_passes() -> None:
         running = np.zeros(64, np.float32)
         for column in terms.T[order]:
             running = (running + column).astype(np.float32)
-        verdict = compare_output("y", running[:, None], run.outputs[0], run.bounds[0], dtype="float32")
+        verdict = compare_output("y", running[:, None], run.outputs[0], run.tolerances[0], dtype="float32")
         assert verdict.ok and verdict.worst_ratio < 1
-    off = (run.outputs[0] + 2 * run.bounds[0]).astype(np.float32)
-    assert not compare_output("y", off, run.outputs[0], run.bounds[0], dtype="float32").ok
+    off = (run.outputs[0] + 2 * run.tolerances[0].bound).astype(np.float32)
+    assert not compare_output("y", off, run.outputs[0], run.tolerances[0], dtype="float32").ok
 
 
 def test_element_classes_judge_nan_inf_and_range() -> None:
@@ -94,15 +94,15 @@ def test_element_classes_judge_nan_inf_and_range() -> None:
         "inf": [False, False, True, False, False], "unconstrained": [False, False, False, True, False],
     }
     good = np.array([1.0, np.nan, np.inf, -7.0, np.inf], np.float32)  # 3.4028e38 + bound may overflow
-    assert compare_output("y", good, reference, bound, dtype="float32").ok
+    assert compare_output("y", good, reference, Tolerance.worst_case(bound), dtype="float32").ok
     for index, wrong in ((0, 1.1), (1, 0.0), (2, 3e38), (4, -np.inf)):
         bad = good.copy()
         bad[index] = wrong
-        verdict = compare_output("y", bad, reference, bound, dtype="float32")
+        verdict = compare_output("y", bad, reference, Tolerance.worst_case(bound), dtype="float32")
         assert not verdict.ok and verdict.worst.index == [index]
-    wrong_dtype = compare_output("y", good.astype(np.float64), reference, bound, dtype="float32")
+    wrong_dtype = compare_output("y", good.astype(np.float64), reference, Tolerance.worst_case(bound), dtype="float32")
     assert not wrong_dtype.ok and "dtype" in wrong_dtype.problem
-    assert "shape" in compare_output("y", good[:2], reference, bound, dtype="float32").problem
+    assert "shape" in compare_output("y", good[:2], reference, Tolerance.worst_case(bound), dtype="float32").problem
 
 
 @pytest.mark.parametrize(("activation", "x", "limit"), [
@@ -112,7 +112,7 @@ def test_element_classes_judge_nan_inf_and_range() -> None:
 def test_the_reference_takes_the_functions_limit_at_infinity(activation: str, x: float, limit: float) -> None:
     run = bounds.bounded_run(zoo.activations.create(activation).eval(), np.full((1, 2), x, np.float32),
                              dtype="float32")
-    assert run.outputs[0].tolist() == [[limit, limit]] and run.bounds[0].max() <= np.finfo(np.float32).tiny
+    assert run.outputs[0].tolist() == [[limit, limit]] and run.tolerances[0].bound.max() <= np.finfo(np.float32).tiny
 
 
 def test_an_op_without_an_error_rule_is_a_clear_error() -> None:
@@ -132,7 +132,7 @@ def test_a_where_on_an_uncertain_comparison_allows_either_branch() -> None:
 
     x = np.array([[0.1], [1.0]], np.float32)  # 3 * 0.1 - 0.3 is 0 up to rounding: either branch is right
     run = bounds.bounded_run(Step().eval(), x, dtype="float32")
-    assert run.bounds[0][0, 0] >= 1.0 and run.bounds[0][1, 0] < 1e-5
+    assert run.tolerances[0].bound[0, 0] >= 1.0 and run.tolerances[0].bound[1, 0] < 1e-5
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def default_mlp(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Pa
     return model, to_onnx(model, tmp_path_factory.mktemp("mlp") / "mlp.onnx")
 
 
-def test_report_speaks_in_units_of_the_bound(default_mlp: tuple[nn.Module, Path]) -> None:
+def test_report_speaks_in_units_of_each_tier(default_mlp: tuple[nn.Module, Path]) -> None:
     model, path = default_mlp
     report = check_parity(model, path)
     assert isinstance(report, ParityReport) and report.ok and report.dtype == "float32"
@@ -150,10 +150,13 @@ def test_report_speaks_in_units_of_the_bound(default_mlp: tuple[nn.Module, Path]
     [output] = report.outputs
     assert output.name == "output" and not any(output.failures.values())
     assert 0 < report.worst_ratio <= 1 and output.counts["finite"] > 10_000
+    assert 0.05 < report.worst_statistical <= 1  # honest rounding sits inside the second tier, not far inside
     assert report.torch_ok and report.torch_note() is None
-    assert report.summary().startswith("PASS") and "of its bound" in report.summary()
-    assert "\n" not in report.summary()
-    assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["ok"] is True
+    summary = report.summary()
+    assert summary.startswith("PASS") and "of its worst-case bound and" in summary and "of its statistical bound" in summary
+    assert "\n" not in summary
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert data["ok"] is True and data["worst_statistical"] == report.worst_statistical
 
 
 def test_failure_names_the_worst_input_and_the_first_node_out_of_bound(default_mlp) -> None:

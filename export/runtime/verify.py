@@ -2,14 +2,15 @@
 
 A bundle is a directory in the ONNX Model Zoo layout plus a manifest::
 
-    model.onnx  manifest.json  test_data_set_N/{input_0, output_0, reference_0, bound_0}.pb ...
+    model.onnx  manifest.json  test_data_set_N/{input_0, output_0, reference_0, bound_0, spread_0, allowance_0}.pb ...
 
 The manifest lists every other file with its sha256 and size (``export.runtime.integrity``), and
 ``verify_bundle`` checks them all before it loads the model or reads a test data file, so a damaged
 bundle is reported as damaged (BundleDamagedError), never as a model that computes wrong values.
 Its test data sets are every probe of the export-time parity check, with the float64 reference and
-the error bound of each output element, so ``verify_bundle`` has the power of ``check_parity`` and
-applies the same rule (``export.runtime.compare``) with onnxruntime, OpenVINO or tract.
+both tiers of each output element's tolerance (the worst-case bound, the spread of honest rounding
+and the allowance), so ``verify_bundle`` has the power of ``check_parity`` and applies the same
+rule (``export.runtime.compare``) with onnxruntime, OpenVINO or tract.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .backends import RuntimeLoadError, load_runner
-from .compare import OutputVerdict, compare_output, jsonable
+from .compare import SPREADS, OutputVerdict, Tolerance, compare_output, jsonable
 from .integrity import MANIFEST, Damage, damage, listing_problem, some
 from .model import InputError, ModelFileError, OnnxModel
 from .tensor_proto import TensorProtoError, read_tensor
@@ -31,7 +32,9 @@ from .tensor_proto import TensorProtoError, read_tensor
 __all__ = ["BundleDamagedError", "BundleError", "BundleMismatchError", "VerifyReport", "jsonable", "verify_bundle"]
 
 FORMAT = "zoo-bundle"
-FORMAT_VERSION = 3  # 3: the manifest's `files` table covers every file
+FORMAT_VERSION = 4  # 3: the manifest's `files` table covers every file; 4: both tiers of the tolerance
+# Each output's tolerance, one file each per test data set: <kind>_<output>.pb (Tolerance's fields).
+TOLERANCE_FILES = ("bound", "spread", "allowance")
 MODEL_FILE = "model.onnx"
 SET_PREFIX = "test_data_set_"
 
@@ -106,8 +109,9 @@ class VerifyReport:
         if bad.problem or bad.worst is None:
             return bad.describe()
         w = bad.worst
-        return (f"worst ({w.element_class}) of output {bad.name!r}: expected {w.reference!r} +- {w.bound:.3g}, "
-                f"got {w.actual!r} at row {w.index[0]}")
+        tiers = bad.explain_worst()
+        return (f"worst ({w.element_class}) of output {bad.name!r}: expected {w.reference!r}, got {w.actual!r} "
+                f"at row {w.index[0]}" + (f", {tiers}" if tiers else ""))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (non-finite floats become the strings 'nan', 'inf', '-inf')."""
@@ -137,7 +141,8 @@ def verify_bundle(path: str | os.PathLike[str], *, strict: bool = True, runtime:
         raise BundleError(str(exc)) from exc
     dtype = manifest["dtype"]
     sets = _test_sets(root, manifest["test_data_sets"])
-    parts: dict[str, dict[str, list[np.ndarray]]] = {name: {"actual": [], "reference": [], "bound": []}
+    kinds = ("reference", *TOLERANCE_FILES)
+    parts: dict[str, dict[str, list[np.ndarray]]] = {name: {k: [] for k in ("actual", *kinds)}
                                                       for name in model.output_names}
     for set_dir in sets:
         x = _tensor(set_dir / "input_0.pb", root, model.input_name, model.dtype)
@@ -147,12 +152,13 @@ def verify_bundle(path: str | os.PathLike[str], *, strict: bool = True, runtime:
             raise BundleError(f"{set_dir.relative_to(root)}/input_0.pb: {exc}") from exc
         for index, name in enumerate(model.output_names):
             parts[name]["actual"].append(outputs[name])
-            for kind in ("reference", "bound"):
+            for kind in kinds:
                 parts[name][kind].append(_tensor(set_dir / f"{kind}_{index}.pb", root, name, np.dtype(np.float64)))
     expected = [o["name"] for o in manifest.get("outputs", [])] or model.output_names
+    stacked = {name: {k: np.concatenate(v) for k, v in part.items()} for name, part in parts.items()}
     verdicts = [
-        compare_output(name, *(np.concatenate(parts[name][k]) for k in ("actual", "reference", "bound")),
-                       dtype=dtype, expected_name=wanted)
+        compare_output(name, stacked[name]["actual"], stacked[name]["reference"],
+                       Tolerance(*(stacked[name][k] for k in TOLERANCE_FILES)), dtype=dtype, expected_name=wanted)
         for name, wanted in zip(model.output_names, expected)
     ]
     digest = manifest["files"][model_path.name]["sha256"]
@@ -213,6 +219,7 @@ def load_manifest(root: pathlib.Path) -> dict[str, Any]:
              lambda v: isinstance(v, str) and v == pathlib.Path(v).name and v in manifest["files"])
     _require(where, manifest, "dtype", lambda v: v in ("float32", "float16"))
     _require(where, manifest, "criterion.unit_roundoff", lambda v: _number(v) and 0 < v < 1)
+    _require(where, manifest, "criterion.spreads", lambda v: v == SPREADS)
     _require(
         where, manifest, "test_data_sets", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
     )
