@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from export.runtime.backends import RuntimeLoadError, load_runner
-from export.runtime.compare import OutputVerdict, compare_output, jsonable
-from export.runtime.model import InputError, ModelFileError, OnnxModel
-from export.runtime.tensor_proto import TensorProtoError, read_tensor
+from .backends import RuntimeLoadError, load_runner
+from .compare import OutputVerdict, compare_output, jsonable
+from .model import InputError, ModelFileError, OnnxModel
+from .tensor_proto import TensorProtoError, read_tensor
 
 __all__ = ["BundleError", "BundleMismatchError", "VerifyReport", "jsonable", "verify_bundle"]
 
