@@ -9,6 +9,8 @@ OUT    ?= zoo-out
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# zoo-onnx was named zoo before: drop that distribution and the metadata it left in this folder
+	@rm -rf zoo.egg-info; $(PY) -m pip uninstall --quiet --yes zoo 2>/dev/null || true
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $@
 

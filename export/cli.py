@@ -7,7 +7,6 @@ inside `export` only; `verify` and `predict` need onnxruntime and numpy alone.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import pathlib
 import sys
@@ -25,12 +24,14 @@ from zoo.options import CHECKPOINT_SUFFIXES, emit_json, model_training_options, 
 
 @contextlib.contextmanager
 def _one_line_errors() -> Iterator[None]:
-    """The runtime's errors (plain ValueErrors, so that it needs no zoo) as one-line CLI errors."""
-    from export.runtime import BundleError, InputError, ModelFileError, TensorProtoError
+    """The runtime commands' errors (plain ValueErrors, so that it needs no zoo) as one-line CLI errors."""
+    from export.runtime.commands import ERRORS, UsageError
 
     try:
         yield
-    except (BundleError, InputError, ModelFileError, TensorProtoError) as exc:
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -234,7 +235,7 @@ def _num(value: Any) -> str:
     type=click.Choice(RUNTIMES),
     default="onnxruntime",
     show_default=True,
-    help="The runtime to replay the bundle in (openvino and tract are optional extras: pip install 'zoo[openvino]').",
+    help="The runtime to replay the bundle in (openvino and tract are optional extras: pip install 'zoo-onnx[openvino]').",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def verify_command(bundle: pathlib.Path, runtime: str, as_json: bool) -> None:
@@ -247,26 +248,10 @@ def verify_command(bundle: pathlib.Path, runtime: str, as_json: bool) -> None:
     of the bound; exit status 1 on any failure (the last line says whether only NaN/inf handling
     differs, as in runtimes that map NaN to a number).
     """
-    from export.runtime import BundleDamagedError, RuntimeMissingError, verify_bundle
+    from export.runtime import commands
 
     with _one_line_errors():
-        try:
-            report = verify_bundle(bundle, strict=False, runtime=runtime)
-        except RuntimeMissingError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except BundleDamagedError as exc:
-            if as_json:
-                emit_json(exc.to_dict())
-            raise
-    if as_json:
-        emit_json(report.to_dict())
-    else:
-        for output in report.outputs:
-            click.echo(f"  {'ok' if output.ok else 'FAIL':4} {output.describe()}")
-    if not report.ok:
-        raise click.ClickException(f"{report.verdict()} {report.path} [{runtime}]: {report.worst()}")
-    if not as_json:
-        click.echo(f"PASS {report.path} [{runtime}, {report.test_data_sets} test data sets]")
+        commands.verify(bundle, runtime=runtime, as_json=as_json, echo=click.echo)
 
 
 # -- zoo predict ----------------------------------------------------------------------------------
@@ -301,89 +286,7 @@ def predict_command(
     N rows of F (e.g. `zoo predict mlp.onnx 1 2 3` runs 3 rows through a 1-feature model); a count
     that is not a multiple of F is an error. Negative numbers, nan and inf may be given as they are.
     """
-    import numpy as np
+    from export.runtime import commands
 
-    from export.runtime import OnnxModel
-    from export.runtime.verify import MODEL_FILE, jsonable
-
-    if (input_path is None) == (not values):
-        raise click.UsageError("give the input either as VALUES or with --input x.npy (one of them)")
-    if output is not None:
-        check_output(output, suffixes=(".npy", ".npz"), what="a numpy output")
     with _one_line_errors():
-        model = OnnxModel(model_path / MODEL_FILE if model_path.is_dir() else model_path)
-        x = _read_input(input_path) if input_path is not None else _rows(model, values)
-        outputs = model.run_all(x)
-    if output is not None:
-        _save(output, outputs)
-        if as_json:
-            emit_json({"model": str(model.path), "output": str(output), "rows": len(x)})
-        else:
-            click.echo(f"wrote {output} ({', '.join(f'{k} {v.shape}' for k, v in outputs.items())})")
-    elif as_json:
-        emit_json(
-            {"model": str(model.path), "outputs": {k: jsonable(v.tolist()) for k, v in outputs.items()}}
-        )
-    else:
-        for name, value in outputs.items():
-            if len(outputs) > 1:
-                click.echo(f"{name}:")
-            for row in np.asarray(value).reshape(len(value), -1):
-                click.echo(" ".join(str(v) for v in row))
-
-
-def _rows(model: Any, values: tuple[float, ...]) -> Any:
-    """VALUES as (N, F) rows for a model taking (batch, F) input."""
-    import numpy as np
-
-    shape = model.input_shape
-    if len(shape) != 2 or not isinstance(shape[1], int):
-        raise click.UsageError(
-            f"VALUES need a model taking (batch, features) input, this one takes {model.input_spec}"
-        )
-    if len(values) % shape[1]:
-        raise click.UsageError(
-            f"got {len(values)} values, not a multiple of the model's {shape[1]} input features "
-            f"(expected input of shape {model.input_spec})"
-        )
-    return np.array(values, dtype=np.float64).reshape(-1, shape[1])
-
-
-def _read_input(path: pathlib.Path) -> Any:
-    """The array in a .npy file, or in a TensorProto .pb file."""
-    import numpy as np
-
-    from export.runtime import read_tensor
-
-    if path.suffix == ".pb":
-        return read_tensor(path).array
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise click.ClickException(f"{path}: no such input file") from None
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot read {path} as a .npy array: {exc}") from exc
-    if not isinstance(array, np.ndarray):
-        raise click.ClickException(f"{path} is an .npz archive; give one array as a .npy file")
-    if array.ndim == 0 or len(array) == 0:
-        raise click.ClickException(f"{path} holds no rows (shape {array.shape}); give at least one input row")
-    return array
-
-
-def _save(path: pathlib.Path, outputs: dict[str, Any]) -> None:
-    """Write the outputs atomically: one array as .npy, or every output by name as .npz."""
-    import numpy as np
-
-    from zoo.files import write_atomic
-
-    buffer = io.BytesIO()
-    if path.suffix == ".npz":
-        np.savez(buffer, **outputs)
-    elif len(outputs) == 1:
-        np.save(buffer, next(iter(outputs.values())))
-    else:
-        raise click.UsageError(f"the model has {len(outputs)} outputs; write them with -o {path.stem}.npz")
-    try:
-        write_atomic(path, buffer.getvalue())
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from exc
+        commands.predict(model_path, values, input_path=input_path, output=output, as_json=as_json, echo=click.echo)

@@ -28,7 +28,7 @@ Item = TypeVar("Item")
 LOCAL = "local"
 CONNECT_TIMEOUT = 5.0  # seconds to reach a scheduler and find a worker: an unreachable one fails fast
 ALLOWED_FAILURES = 1  # worker deaths a task survives (one retry), for clusters started here
-INSTALL_HINT = "pip install 'zoo[dask]'"
+INSTALL_HINT = "pip install 'zoo-onnx[dask]'"
 
 
 class ClusterError(ZooError):

@@ -28,12 +28,10 @@ FLOAT16_ROUNDING = (
     "test_float16_rounds_like_torch",
 )
 
-DISTRIBUTION = "zoo"
-
 
 def builtin() -> list[Lowering]:
     """zoo's own lowerings, as its setup.cfg registers them (third-party ones are not in the table)."""
-    names = [name for name, sources in zoo.lowerings.sources() if sources[0].distribution == DISTRIBUTION]
+    names = [name for name, sources in zoo.lowerings.sources() if sources[0].distribution == zoo.DISTRIBUTION]
     return [zoo.lowerings.get(name) for name in names]
 
 

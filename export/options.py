@@ -3,4 +3,5 @@
 EXPORTERS = ("torchscript", "dynamo")
 DTYPES = ("float32", "float16")
 COMPUTE = ("float16", "float32", "float64")
+# export.runtime.backends.RUNTIMES, repeated so that `zoo --help` loads no numpy (a test keeps them equal).
 RUNTIMES = ("onnxruntime", "openvino", "tract")

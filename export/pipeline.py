@@ -157,7 +157,7 @@ def _progress(row: Row, finished: int, total: int) -> None:
                    f"at most {MAX_DEFAULT_JOBS}]")
 @click.option("--cluster", metavar="ADDRESS", default=None,
               help="Run rows on the Dask scheduler at ADDRESS (e.g. tcp://host:8786), or 'local' to start a "
-                   "LocalCluster here; bundles are still written to DIR here. Needs `pip install 'zoo[dask]'`.")
+                   "LocalCluster here; bundles are still written to DIR here. Needs `pip install 'zoo-onnx[dask]'`.")
 @click.option("--list", "list_rows", is_flag=True, help="Print the row names and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")

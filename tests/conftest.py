@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -89,3 +90,19 @@ def reseal(bundle: Path) -> Path:
     manifest["files"] = file_table(bundle)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     return bundle
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """A one-line CLI error's message, without the command's name (zoo, zoo-onnx-runtime) and its usage hint."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return re.sub(r"^(zoo|zoo-onnx-runtime): error: | \(see '.*--help'\)$", "", lines[0])
+
+
+@pytest.fixture(scope="session")
+def mlp3_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of an untrained 3-feature, 2-output MLP (tanh), written once per session."""
+    from export import write_bundle
+
+    model = zoo.create_model("mlp", in_features=3, out_features=2, hidden=[8], activation="tanh", seed=0)
+    return write_bundle(model, tmp_path_factory.mktemp("bundles") / "mlp3")

@@ -90,7 +90,7 @@ def test_openvino_maps_nan_through_relu_to_a_number(bundles: dict[str, pathlib.P
 def test_missing_runtime_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tract" else real(name, *a))
-    with pytest.raises(RuntimeMissingError, match=r"pip install 'zoo\[tract\]'"):
+    with pytest.raises(RuntimeMissingError, match=r"pip install 'zoo-onnx\[tract\]'"):
         load_runner("tract", tmp_path / "model.onnx")
 
 

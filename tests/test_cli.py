@@ -13,7 +13,7 @@ from conftest import ROOT, assert_one_line_error, run_zoo
 def test_version_and_help():
     import zoo
 
-    assert run_zoo("--version").stdout.strip() == f"zoo, version {zoo.__version__}"
+    assert run_zoo("--version").stdout.strip() == f"zoo, version {zoo.__version__} (distribution zoo-onnx)"
     result = run_zoo("--help")
     assert result.returncode == 0
     for command in ("list", "show"):
@@ -29,11 +29,13 @@ def test_list_every_kind_as_a_table():
 
 
 def test_list_one_kind_as_json():
+    import zoo
+
     result = run_zoo("list", "layers", "--json")
     rows = json.loads(result.stdout)
     assert [row["name"] for row in rows] == ["einsum_linear", "linear", "param_linear"]
     assert {row["status"] for row in rows} == {"unchecked"}  # nothing imported without --check
-    assert rows[0]["distribution"].startswith("zoo ")
+    assert rows[0]["distribution"] == f"zoo-onnx {zoo.__version__}"
     assert rows[1]["aliases"] == ["dense", "fc"] and "torch.nn.Linear" in rows[1]["description"]
     checked = json.loads(run_zoo("list", "layers", "--json", "--check").stdout)
     assert {row["status"] for row in checked} == {"ok"}

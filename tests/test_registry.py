@@ -40,7 +40,7 @@ def test_builtins_are_found_through_entry_points():
     assert zoo.list_models() == ["linear_regression", "logistic_regression", "mlp"]
     assert zoo.datasets.names() == ["blobs", "linear", "nonlinear"]
     info = zoo.activations.info("gelu")
-    assert (info.target, info.distribution) == ("plugins.activations:GELU", "zoo")
+    assert (info.target, info.distribution) == ("plugins.activations:GELU", "zoo-onnx")
     assert info.version == zoo.__version__
 
 

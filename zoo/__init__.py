@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __version__ = "0.1.0"
+DISTRIBUTION = "zoo-onnx"  # what pip calls it (`zoo` on PyPI is another project); imported as zoo
 
 __all__ = [
     "BadArgumentsError",

@@ -66,7 +66,8 @@ def _broken_command(name: str, ep: metadata.EntryPoint, exc: Exception) -> click
 
 
 @click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(zoo.__version__, "-V", "--version", prog_name="zoo")
+@click.version_option(zoo.__version__, "-V", "--version", prog_name="zoo",
+                      message=f"%(prog)s, version %(version)s (distribution {zoo.DISTRIBUTION})")
 def cli() -> None:
     """Small PyTorch models from named plugins: build, train, export to ONNX, prove parity."""
 

@@ -1,15 +1,15 @@
-"""Run and verify exported models with onnxruntime and numpy only: never imports torch or onnx.
+"""Run and verify exported models with onnxruntime and numpy only: never imports torch, onnx or zoo.
 
 from export.runtime import OnnxModel, verify_bundle
 y = OnnxModel("mlp.onnx").run(x)
 verify_bundle("mlp-bundle").ok                        # or runtime="openvino" / "tract" (optional extras)
                                                       # BundleDamagedError first if any file differs
+The same directory is the torch-free distribution zoo-onnx-runtime (its pyproject.toml), imported
+there as ``zoo_onnx_runtime``: so its modules import each other relatively, never as ``export.``.
 """
 
-from export.options import RUNTIMES
-
-from .backends import RuntimeLoadError, RuntimeMissingError
-from .compare import OutputVerdict, compare_output
+from .backends import RUNTIMES, RuntimeLoadError, RuntimeMissingError
+from .compare import OutputVerdict, Tolerance, compare_output
 from .model import InputError, ModelFileError, OnnxModel
 from .tensor_proto import TensorProtoError, encode_tensor, read_tensor
 from .verify import BundleDamagedError, BundleError, BundleMismatchError, VerifyReport, verify_bundle

@@ -1,8 +1,9 @@
 """The ONNX runtimes ``zoo verify --runtime`` can replay a bundle in: onnxruntime, OpenVINO, tract.
 
 Each is loaded from the model file and called with one input array, returning every output in the
-model's order. OpenVINO and tract are optional extras (``pip install 'zoo[openvino]'`` /
-``'zoo[tract]'``); asking for one that is not installed is a ``RuntimeMissingError`` saying so.
+model's order. OpenVINO and tract are optional extras (``pip install 'zoo-onnx[openvino]'`` /
+``'zoo-onnx[tract]'``, or ``zoo-onnx-runtime[...]``); asking for one that is not installed is a
+``RuntimeMissingError`` saying so.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from export.options import RUNTIMES
-
+RUNTIMES = ("onnxruntime", "openvino", "tract")
 Runner = Callable[[np.ndarray], list[np.ndarray]]
 _PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tract": "tract"}
+# The distribution whose extras install the others: this directory ships in zoo-onnx as export.runtime
+# and alone, torch-free, in zoo-onnx-runtime as zoo_onnx_runtime.
+DISTRIBUTION = "zoo-onnx-runtime" if __package__ == "zoo_onnx_runtime" else "zoo-onnx"
 
 
 class RuntimeMissingError(ValueError):
@@ -32,7 +35,7 @@ def load_runner(runtime: str, path: pathlib.Path) -> Runner:
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
     if importlib.util.find_spec(_PACKAGE[runtime]) is None:
-        raise RuntimeMissingError(f"runtime {runtime!r} is not installed: pip install 'zoo[{runtime}]'")
+        raise RuntimeMissingError(f"runtime {runtime!r} is not installed: pip install '{DISTRIBUTION}[{runtime}]'")
     try:
         return {"onnxruntime": _onnxruntime, "openvino": _openvino, "tract": _tract}[runtime](path)
     except (RuntimeMissingError, ValueError):
@@ -43,7 +46,7 @@ def load_runner(runtime: str, path: pathlib.Path) -> Runner:
 
 
 def _onnxruntime(path: pathlib.Path) -> Runner:
-    from export.runtime.model import OnnxModel
+    from .model import OnnxModel
 
     model = OnnxModel(path)
     return lambda x: list(model.run_all(x).values())

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from export.runtime.tensor_proto import LENGTH, VARINT, TensorProtoError, fields
+from .tensor_proto import LENGTH, VARINT, TensorProtoError, fields
 
 # onnxruntime's type strings -> numpy dtypes.
 ORT_TYPES = {
