@@ -98,6 +98,8 @@ def test_bad_option_values_are_usage_errors(capsys, args, message):
         (["linreg", "--optimizer", "adamm"], "did you mean 'adam', 'adamw'? (choose from adam, adamw, lbfgs, sgd)"),
         (["linreg", "--layer", "lineer"], "did you mean 'linear'"),
         (["linreg", "--layer", "lineer"], "(see `zoo list layers`)"),
+        (["logistic_regression", "--dataset", "linear"], "is regression: train it on a binary_classification dataset"),
+        (["linreg", "--dataset", "linear:noise=NaN"], "10000 values in y that are NaN or infinite, the first in row 0"),
     ],
 )
 def test_bad_requests_are_one_line_errors(capsys, tmp_path, args, message):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import re
 
 import pytest
 import torch
@@ -143,7 +146,7 @@ def test_shape_is_checked_at_every_step(linear_data):
 def test_model_that_cannot_take_the_inputs_is_a_training_error():
     data = zoo.datasets.create("blobs", seed=0)
     with pytest.raises(TrainingError, match=r"cannot take the dataset's inputs \(\(2,\) features"):
-        zoo.train(zoo.create_model("linear_regression"), data, progress=False)
+        zoo.train(zoo.create_model("mlp", hidden=[4]), data, progress=False)  # an mlp fits any task
 
 
 def first_non_finite_step(x: torch.Tensor, y: torch.Tensor) -> int:
@@ -168,9 +171,118 @@ def test_divergence_names_the_first_bad_step_and_suggests_a_lower_lr(linear_data
     assert not hasattr(model, "zoo_training")
 
 
+def state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the model, copied."""
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def assert_same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value) and after[key].device == value.device, key
+
+
+def test_a_diverged_run_leaves_the_model_as_it_was_so_a_lower_rate_can_retry(linear_data):
+    model = zoo.create_model("linear_regression", seed=0).train()
+    before = state(model)
+    with pytest.raises(DivergenceError, match="the model was left as it was before training; lower the learning"):
+        zoo.train(model, linear_data, optimizer="sgd", lr=1e6, progress=False)
+    assert_same_state(model, before)
+    assert model.training and model.weight.grad is None and not hasattr(model, "zoo_training")
+    retried = zoo.train(model, linear_data, optimizer="sgd", lr=1e-4, progress=False)  # before: NaN at step 1
+    assert len(retried.history) == 10 and all(math.isfinite(loss) for loss in retried.history)
+
+
+@cuda
+@pytest.mark.cuda
+def test_a_failed_run_on_cuda_leaves_the_model_on_the_cpu(linear_data):
+    model = zoo.create_model("linear_regression", seed=0)
+    before = state(model)
+    with pytest.raises(DivergenceError):
+        zoo.train(model, linear_data, device="cuda", optimizer="sgd", lr=1e6, progress=False)
+    assert_same_state(model, before)  # the same values, on the CPU again
+
+
+class StopsAtForward(nn.Module):
+    """Linear then BatchNorm1d (whose buffers training updates); raises `stop` on forward pass number `at`."""
+
+    def __init__(self, stop: BaseException, at: int) -> None:
+        super().__init__()
+        self.fc, self.norm = nn.Linear(1, 1), nn.BatchNorm1d(1)
+        self.stop, self.at, self.calls = stop, at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.at:
+            raise self.stop
+        return self.norm(self.fc(x))
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), RuntimeError("a plugin's own failure")], ids=type)
+def test_an_interrupted_run_leaves_weights_buffers_gradients_and_modes_as_they_were(linear_data, stop):
+    model = StopsAtForward(stop, at=150)  # mid-way through the notes recipe's second epoch
+    model.norm.eval()  # modes may differ per module: each is put back
+    model.fc.weight.grad = torch.full_like(model.fc.weight, 3.0)
+    parameters, before = list(model.parameters()), state(model)
+    with pytest.raises(type(stop)):
+        zoo.train(model, linear_data, recipe="notes", progress=False)
+    assert model.calls == 150 and before["norm.num_batches_tracked"] == 0
+    assert_same_state(model, before)
+    assert model.training and model.fc.training and not model.norm.training
+    assert list(model.parameters()) == parameters  # the same Parameter objects: a caller's optimizer still holds them
+    assert torch.equal(model.fc.weight.grad, torch.full_like(model.fc.weight, 3.0)) and model.fc.bias.grad is None
+
+
+def with_values(data, name: str, rows: list[int], value: float):
+    """A copy of `data` whose tensor `name` holds `value` in the first column of `rows`."""
+    tensor = getattr(data, name).clone()
+    tensor[rows, 0] = value
+    return dataclasses.replace(data, **{name: tensor})
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "value", "message"),
+    [
+        ("x", [17, 40], float("nan"), "dataset 'linear' has 2 values in x that are NaN or infinite, the first in row 17 (nan)"),
+        ("y", [5], float("-inf"), "dataset 'linear' has 1 value in y that is NaN or infinite, the first in row 5 (-inf)"),
+    ],
+    ids=["nan-in-x", "inf-in-y"],
+)
+def test_nan_or_inf_in_the_data_is_named_before_any_step(linear_data, name, rows, value, message):
+    model = zoo.create_model("linear_regression", seed=0)
+    calls, before = [], state(model)
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(TrainingError, match=re.escape(message) + ": fix the data before training$") as caught:
+        zoo.train(model, with_values(linear_data, name, rows, value), progress=False)
+    assert not isinstance(caught.value, DivergenceError) and calls == []
+    assert_same_state(model, before)
+
+
+def test_binary_classification_targets_must_be_0_or_1():
+    blobs = zoo.datasets.create("blobs", seed=0)
+    with pytest.raises(TrainingError, match=re.escape(
+            "dataset 'blobs' has 2 values in y that are neither 0 nor 1 (binary_classification targets), "
+            "the first in row 3 (0.5)")):
+        zoo.train(zoo.create_model("logistic_regression"), with_values(blobs, "y", [3, 8], 0.5), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "dataset", "other", "suggested"),
+    [("logistic_regression", "binary_classification", "linear", "regression", "blobs"),
+     ("linear_regression", "regression", "blobs", "binary_classification", "linear")],
+)
+def test_a_model_is_not_trained_for_another_task(model, task, dataset, other, suggested):
+    data = zoo.datasets.create(dataset, seed=0)
+    with pytest.raises(TrainingError, match=re.escape(
+            f"model {model!r} is for {task} but dataset {dataset!r} is {other}: "
+            f"train it on a {task} dataset, such as {suggested!r}")):
+        zoo.train(zoo.create_model(model, in_features=data.x.shape[1]), data, progress=False)
+
+
 def test_divergence_in_the_last_update_is_caught_by_the_final_loss(linear_data):
     model = zoo.create_model("linear_regression", seed=0)  # one full-batch step: its own loss is still finite
-    with pytest.raises(DivergenceError, match="the loss became inf after step 1; lower the learning rate") as caught:
+    with pytest.raises(DivergenceError, match="the loss became inf after step 1; the model was left as it was before training; lower the learning rate") as caught:
         zoo.train(model, linear_data, optimizer="sgd", lr=1e30, epochs=1, progress=False)
     assert caught.value.step == 1
 

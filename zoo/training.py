@@ -15,10 +15,13 @@ Recipes (explicit arguments of `train` override any setting):
   in order (no shuffling), 5 epochs. On `linear` it ends with w ~ 9.96 but b ~ 8.7, far from 5.
 
 Loss by task: regression -> MSELoss, binary_classification -> BCEWithLogitsLoss (models output
-logits). Predictions and targets must have the same shape; nothing is broadcast. Losses stay on
-the device during an epoch and are checked once per epoch (one host sync), naming the first
-non-finite step. After training the model stays on the device it was trained on, in eval mode,
-with a JSON summary in `model.zoo_training`.
+logits). Predictions and targets must have the same shape; nothing is broadcast. Before any step the
+data is checked: finite x and y, 0/1 targets for binary classification, and a task the model is for
+(``model.zoo_meta["task"]``). Losses stay on the device during an epoch and are checked once per
+epoch (one host sync), naming the first non-finite step. After training the model stays on the
+device it was trained on, in eval mode, with a JSON summary in `model.zoo_training`; after a failed
+one (any exception, Ctrl-C included) it is as it was before the call: weights, buffers, gradients,
+modes and devices.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from zoo import cpus, distributed
 from zoo.errors import BadArgumentsError, DeviceError, DivergenceError, TrainingError, UnknownNameError
 from zoo.models import seeded
 from zoo.progress import ProgressBar, wanted
+from zoo.text import plural
 
 __all__ = [
     "CRITERIA", "OPTIMIZERS", "RECIPES", "Recipe", "TrainResult", "resolve_device", "resolve_recipe", "train",
@@ -165,16 +169,20 @@ def train(
     choice when OMP_NUM_THREADS is set. Full-batch L-BFGS stops early once the loss
     stopped improving. Inside a torchrun process (WORLD_SIZE > 1) it trains with
     DistributedDataParallel, each rank on its share of every batch (see zoo.distributed). Raises
-    BadArgumentsError for bad settings, DeviceError, TrainingError when model and data do not fit,
-    DivergenceError on NaN/inf, DistributedError when the ranks cannot work together.
+    BadArgumentsError for bad settings, DeviceError, TrainingError before any step when model and
+    data do not fit (another task, other shapes) or the data is bad (NaN/inf, binary targets other
+    than 0/1), DivergenceError on a NaN/inf loss, DistributedError when the ranks cannot work
+    together. Whatever stops it, Ctrl-C included, the model is left as it was before the call.
     """
     criterion = _criterion(data)
+    _check_task(model, data)
+    _check_values(data)
     target = resolve_device(device)
     settings = resolve_recipe(
         recipe, rows=len(data.x), seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, optimizer=optimizer,
     )
-    with _group(target, rows=len(data.x)) as group:
+    with _restored_on_failure(model), _group(target, rows=len(data.x)) as group:
         target = group.device if group else target
         x, y = data.x.to(target), data.y.to(target)
         model.to(target)
@@ -187,9 +195,9 @@ def train(
                 history = _fit(model, x, y, loss, settings, show)
             final_loss, metrics = _evaluate(model, x, y, criterion)
         seconds = time.perf_counter() - start
-    steps = len(history) * math.ceil(len(x) / settings["batch_size"])
-    if not math.isfinite(final_loss):
-        raise _divergence(final_loss, steps, settings["lr"], after=True)
+        steps = len(history) * math.ceil(len(x) / settings["batch_size"])
+        if not math.isfinite(final_loss):
+            raise _divergence(final_loss, steps, settings["lr"], after=True)
     result = TrainResult(
         history=history,
         final_loss=final_loss,
@@ -293,6 +301,69 @@ def _criterion(data: Any) -> nn.Module:
     return CRITERIA[data.task]()
 
 
+def _check_task(model: nn.Module, data: Any) -> None:
+    """A model built for one task (``zoo_meta["task"]``) is not trained on another's data."""
+    meta = getattr(model, "zoo_meta", None) or {}
+    task = meta.get("task")
+    if task is None or task == data.task:
+        return
+    name = getattr(model, "zoo_config", {}).get("name", type(model).__name__)
+    such_as = f", such as {meta['dataset']!r}" if meta.get("dataset") else ""
+    raise TrainingError(
+        f"model {name!r} is for {task} but dataset {data.name!r} is {data.task}: "
+        f"train it on a {task} dataset{such_as}"
+    )
+
+
+# Values the targets of a task may take, beyond being finite: (test, what the others are called).
+TARGET_VALUES: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
+    "binary_classification": (lambda y: (y == 0) | (y == 1), "neither 0 nor 1 (binary_classification targets)"),
+}
+
+
+def _check_values(data: Any) -> None:
+    """NaN/inf in the data, or targets its task cannot take, are named before any step (not as a divergence)."""
+    for label, tensor in (("x", data.x), ("y", data.y)):
+        _refuse_values(data.name, label, tensor, ~torch.isfinite(tensor), "NaN or infinite")
+    if data.task in TARGET_VALUES:
+        allowed, others = TARGET_VALUES[data.task]
+        _refuse_values(data.name, "y", data.y, ~allowed(data.y), others)
+
+
+def _refuse_values(name: str, label: str, tensor: torch.Tensor, bad: torch.Tensor, what: str) -> None:
+    """TrainingError naming how many values of `tensor` are `bad`, and the first row holding one."""
+    count = int(bad.sum())
+    if count:
+        row = int(torch.nonzero(bad.reshape(len(bad), -1).any(dim=1))[0, 0])
+        first = tensor[row].flatten()[bad[row].flatten()][0].item()
+        raise TrainingError(
+            f"dataset {name!r} has {plural(count, 'value')} in {label} that {'is' if count == 1 else 'are'} {what}, "
+            f"the first in row {row} ({first}): fix the data before training"
+        )
+
+
+@contextlib.contextmanager
+def _restored_on_failure(model: nn.Module) -> Iterator[None]:
+    """On any exception (KeyboardInterrupt too), put back the model's weights, buffers, gradients, modes and devices."""
+    params = [(p, p.detach().clone(), None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
+    buffers = [(module, name, buffer.clone()) for module in model.modules()
+               for name, buffer in module.named_buffers(recurse=False)]
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for param, value, grad in params:
+                param.grad = None  # before .data: a gradient must stay on its parameter's device
+                param.data = value  # as nn.Module.to does: the same Parameter, back on its own device
+                param.grad = grad
+            for module, name, value in buffers:
+                setattr(module, name, value)
+        for module, training in modes:
+            module.training = training
+        raise
+
+
 def _same_shape(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if prediction.shape != target.shape:
         raise TrainingError(
@@ -391,8 +462,8 @@ def _epoch_mean(losses: list[torch.Tensor], *, first_step: int, lr: float) -> fl
 def _divergence(value: float, step: int, lr: float, *, after: bool) -> DivergenceError:
     where = f"after step {step}" if after else f"at step {step}"
     return DivergenceError(
-        f"training diverged: the loss became {value} {where}; lower the learning rate "
-        f"(it was {lr:g}, try {lr / 10:g})",
+        f"training diverged: the loss became {value} {where}; the model was left as it was before training; "
+        f"lower the learning rate (it was {lr:g}, try {lr / 10:g})",
         step=step,
     )
 
