@@ -17,11 +17,13 @@ Recipes (explicit arguments of `train` override any setting):
 Loss by task: regression -> MSELoss, binary_classification -> BCEWithLogitsLoss (models output
 logits). Predictions and targets must have the same shape; nothing is broadcast. Before any step the
 data is checked: finite x and y, 0/1 targets for binary classification, and a task the model is for
-(``model.zoo_meta["task"]``). Losses stay on the device during an epoch and are checked once per
-epoch (one host sync), naming the first non-finite step. After training the model stays on the
-device it was trained on, in eval mode, with a JSON summary in `model.zoo_training`; after a failed
-one (any exception, Ctrl-C included) it is as it was before the call: weights, buffers, gradients,
-modes and devices.
+(``model.zoo_meta["task"]``). The loss has one definition: the criterion over the whole dataset, the
+model in eval mode, after an epoch. ``history[i]`` is that loss after epoch i + 1 and ``final_loss``
+is ``history[-1]``. A step is one optimiser step on one batch (for L-BFGS, up to 20 iterations of
+its own); batch losses stay on the device during an epoch and are checked once per epoch, naming the
+first non-finite step. After training the model stays on the device it was trained on, in eval
+mode, with a JSON summary in `model.zoo_training`; after a failed one (any exception, Ctrl-C
+included) it is as it was before the call: weights, buffers, gradients, modes and devices.
 """
 
 from __future__ import annotations
@@ -95,10 +97,10 @@ CRITERIA: dict[str, Callable[[], nn.Module]] = {
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """What a training run did: per-epoch mean loss, final full-data loss and metrics, where and how long."""
+    """What a training run did: the full-data loss after each epoch, the final one and metrics, where and how long."""
 
-    history: list[float]
-    final_loss: float
+    history: list[float]  # the full-data loss in eval mode after each epoch run
+    final_loss: float  # history[-1]
     metrics: dict[str, float]
     device: str
     seconds: float
@@ -192,19 +194,16 @@ def train(
             loss = _batch_loss(model, criterion) if group is None else group.batch_loss(group.wrap(model), criterion)
             show = wanted(progress) and (group is None or group.rank == 0)
             with group.guard("training") if group else contextlib.nullcontext():
-                history = _fit(model, x, y, loss, settings, show)
-            final_loss, metrics = _evaluate(model, x, y, criterion)
+                history, metrics = _fit(model, x, y, loss, settings, show,
+                                        evaluate=lambda: _evaluate(model, x, y, criterion))
         seconds = time.perf_counter() - start
-        steps = len(history) * math.ceil(len(x) / settings["batch_size"])
-        if not math.isfinite(final_loss):
-            raise _divergence(final_loss, steps, settings["lr"], after=True)
     result = TrainResult(
         history=history,
-        final_loss=final_loss,
+        final_loss=history[-1],
         metrics=metrics,
         device=str(target),
         seconds=seconds,
-        steps=steps,
+        steps=len(history) * math.ceil(len(x) / settings["batch_size"]),
         recipe=settings,
         dataset={"name": data.name, "task": data.task, "rows": len(x), "params": dict(data.params)},
         threads=used,
@@ -402,8 +401,10 @@ def _batch_loss(model: nn.Module, criterion: nn.Module) -> BatchLoss:
 
 
 def _fit(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: BatchLoss, settings: dict[str, Any], show: bool
-) -> list[float]:
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: BatchLoss, settings: dict[str, Any], show: bool,
+    evaluate: Callable[[], tuple[float, dict[str, float]]],
+) -> tuple[list[float], dict[str, float]]:
+    """Train epoch by epoch; returns the full-data loss after each epoch and the last epoch's metrics."""
     build, _ = OPTIMIZERS[settings["optimizer"]]
     optimizer = build(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     rows, batch, epochs = len(x), settings["batch_size"], settings["epochs"]
@@ -411,9 +412,9 @@ def _fit(
     order = torch.Generator().manual_seed(settings["seed"])
     bar = ProgressBar(epochs * per_epoch, epochs) if show else None
     history: list[float] = []
-    model.train()
     try:
         for epoch in range(epochs):
+            model.train()
             xs, ys = x, y
             if settings["shuffle"] and batch < rows:
                 permutation = torch.randperm(rows, generator=order).to(x.device)
@@ -423,13 +424,17 @@ def _fit(
                 losses.append(_step(optimizer, loss, xs[begin : begin + batch], ys[begin : begin + batch]))
                 if bar is not None:
                     bar.update(epoch * per_epoch + len(losses), epoch + 1, losses[-1].item)
-            history.append(_epoch_mean(losses, first_step=epoch * per_epoch + 1, lr=settings["lr"]))
+            _check_finite(losses, first_step=epoch * per_epoch + 1, lr=settings["lr"])
+            value, metrics = evaluate()
+            if not math.isfinite(value):
+                raise _divergence(value, (epoch + 1) * per_epoch, settings["lr"], after=True)
+            history.append(value)
             if settings["optimizer"] == "lbfgs" and per_epoch == 1 and _stalled(history):
                 break
     finally:
         if bar is not None:
             bar.close()
-    return history
+    return history, metrics
 
 
 def _stalled(history: list[float]) -> bool:
@@ -449,13 +454,13 @@ def _step(optimizer: torch.optim.Optimizer, loss: BatchLoss, xb: torch.Tensor, y
     return optimizer.step(closure).detach()
 
 
-def _epoch_mean(losses: list[torch.Tensor], *, first_step: int, lr: float) -> float:
-    """Mean batch loss of an epoch, read with one host sync; a NaN/inf names the first bad step."""
+def _check_finite(losses: list[torch.Tensor], *, first_step: int, lr: float) -> None:
+    """The batch losses of an epoch, read with one host sync; a NaN/inf names the first bad step."""
     stacked = torch.stack(losses)
-    mean = stacked.mean().item()
-    if math.isfinite(mean):
-        return mean
-    bad = int(torch.nonzero(~torch.isfinite(stacked))[0, 0])
+    finite = torch.isfinite(stacked)
+    if bool(finite.all()):
+        return
+    bad = int(torch.nonzero(~finite)[0, 0])
     raise _divergence(stacked[bad].item(), first_step + bad, lr, after=False)
 
 
