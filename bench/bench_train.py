@@ -80,7 +80,7 @@ def train_counting(layer: str, data: Any, steps: int, device: str) -> tuple[nn.M
     calls = []
     model.register_forward_pre_hook(lambda *_: calls.append(1))
     result = zoo.train(model, data, epochs=steps, device=device, progress=False)
-    return model, result, len(calls) - 2  # the shape check and the final evaluation are not training
+    return model, result, len(calls) - 1 - len(result.history)  # the shape check and each epoch's evaluation
 
 
 def default_to_ols(device: str) -> list[Figure]:

@@ -97,7 +97,7 @@ class _Summed(OpRun):
     op_domain = ""
     order = "sequential"
 
-    def _run(self, a, b, c=None, alpha=None, beta=None, transA=None, transB=None):  # noqa: N803 - ONNX's names
+    def _run(self, a, b, c=None, alpha=None, beta=None, transA=None, transB=None):
         a = a.T if transA else a
         b = b.T if transB else b
         if (alpha or 1.0) != 1.0 or (c is not None and (beta or 1.0) != 1.0):

@@ -34,10 +34,16 @@ from export.bounds import UNIT
 from export.onnx_export import ExportError, ExportOptions, export_options, to_onnx
 from export.parity import ParityError, ParityReport, ProbeSet, parity_run
 from export.runtime import BundleError, OnnxModel, encode_tensor, verify_bundle
-from export.runtime.integrity import file_table
 from export.runtime.compare import SPREADS
+from export.runtime.integrity import file_table
 from export.runtime.verify import (
-    FORMAT, FORMAT_VERSION, MANIFEST, MODEL_FILE, SET_PREFIX, TOLERANCE_FILES, jsonable,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    MODEL_FILE,
+    SET_PREFIX,
+    TOLERANCE_FILES,
+    jsonable,
 )
 from zoo.files import default_mode, parents_made, write_atomic
 from zoo.timing import timed

@@ -62,7 +62,9 @@ REGRESSION_HEADER = ("layer", "fit", "w", "b", "MSE (all rows)")
 # (key in Row.regression, label, number format): the notes print two decimals and no MSE.
 REGRESSION_FITS = (("default", "zoo default recipe", ".4f"), ("notes", "notes' recipe, run here", ".4f"),
                    ("notes_published", "notes' printed result", ".2f"), ("least_squares", "least squares", ".4f"))
-ERROR_NOTE = ("Parity is judged on every probe (inputs up to +-3e38, infinities and NaN included) against the "
+TABLE_NOTE = ("`train loss` is the trained model's loss on all its training rows in eval mode (MSE, or BCE for a "
+              "classifier): the last point of its history in report.json and training.png. "
+              "Parity is judged on every probe (inputs up to +-3e38, infinities and NaN included) against the "
               "model's float64 value: each element must lie within the error bound that float arithmetic allows "
               "any correct evaluation (sums grow it with the size of their terms, each op adds its rounding). "
               "`worst/bound` is the largest error in units of that bound: at most 1 passes. `computes` is the "
@@ -117,7 +119,7 @@ def markdown(report: Report) -> str:
     lines = ["# zoo run", ""]
     if report.interrupted:
         lines += [f"**Interrupted**: {len(report.rows)} of {s['rows']} rows finished; this report holds those.", ""]
-    lines += [summary, "", _md_table(table_rows(report.rows)), "", ERROR_NOTE]
+    lines += [summary, "", _md_table(table_rows(report.rows)), "", TABLE_NOTE]
     regression = regression_rows(report.rows)
     if regression:
         lines += ["", "## The course notes' regression (y = 10x + 5 + noise)", "", _md_table(regression), "",

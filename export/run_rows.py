@@ -78,7 +78,7 @@ class Row:
     ok: bool = False
     stage: str = "build"  # the step that failed (build, train, export, parity, crash), or "done"
     error: str | None = None
-    train_loss: float | None = None
+    train_loss: float | None = None  # zoo.train's final_loss: the last point of history
     worst_ratio: float | None = None  # the largest parity error in units of its float error bound (<= 1 passes)
     max_abs_error: float | None = None
     onnx: str | None = None  # the exported model, relative to the output directory
@@ -87,7 +87,7 @@ class Row:
     # Wall seconds per stage: train, regression (the notes' comparison, regression rows only), export
     # (to_onnx, parity check and bundle replay: write_bundle does them in one call) and total.
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
-    history: list[float] = dataclasses.field(default_factory=list)
+    history: list[float] = dataclasses.field(default_factory=list)  # the loss on all rows after each epoch
     regression: dict[str, Any] | None = None  # learned vs notes vs least squares (regression rows)
     warnings: list[str] = dataclasses.field(default_factory=list)  # distinct warnings raised while it ran
 

@@ -12,6 +12,7 @@ import sys
 import click
 import pytest
 import torch
+from conftest import ROOT
 
 import zoo
 from zoo.cli import main
@@ -98,6 +99,8 @@ def test_bad_option_values_are_usage_errors(capsys, args, message):
         (["linreg", "--optimizer", "adamm"], "did you mean 'adam', 'adamw'? (choose from adam, adamw, lbfgs, sgd)"),
         (["linreg", "--layer", "lineer"], "did you mean 'linear'"),
         (["linreg", "--layer", "lineer"], "(see `zoo list layers`)"),
+        (["logistic_regression", "--dataset", "linear"], "is regression: train it on a binary_classification dataset"),
+        (["linreg", "--dataset", "linear:noise=NaN"], "10000 values in y that are NaN or infinite, the first in row 0"),
     ],
 )
 def test_bad_requests_are_one_line_errors(capsys, tmp_path, args, message):
@@ -136,6 +139,14 @@ def test_missing_directories_are_created_and_one_step_is_singular(capsys, tmp_pa
     code, out, _ = run(capsys, "train", "linreg", "--optimizer", "lbfgs", "--epochs", "1", "-o", str(path))
     assert code == 0 and path.is_file()
     assert " 1 step in " in out
+
+
+def test_steps_are_counted_as_the_readme_counts_them(capsys):
+    code, out, _ = run(capsys, "train", "linear_regression")
+    assert code == 0
+    assert "recipe default: 2 steps in " in out and "(stopped after 2 of 10 epochs: the loss stopped improving)" in out
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "so `zoo train` reports 2 steps for `linear_regression`" in readme
 
 
 def test_hidden_as_an_int_in_python_is_a_clear_error():

@@ -147,6 +147,16 @@ def test_run_succeeds_and_writes_report_bundles_and_pictures(cli_run) -> None:
     assert not list(out.glob(".*")), "temporary files left behind"
 
 
+def test_train_loss_is_the_last_point_of_the_history(cli_run) -> None:
+    """One loss in the table, report.json and training.png (drawn from the histories)."""
+    out, _, report = cli_run
+    markdown = (out / "report.md").read_text()
+    for row in report["models"]:
+        assert row["train_loss"] == row["history"][-1], row["name"]
+        assert f"| {row['name']} | {row['activation']} | {row['layer']} | {row['history'][-1]:.4g} |" in markdown
+    assert "`train loss` is the trained model's loss on all its training rows in eval mode" in markdown
+
+
 def test_regression_row_compares_with_the_notes_and_least_squares(cli_run) -> None:
     _, _, report = cli_run
     fits = report["models"][0]["regression"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import re
 
 import pytest
 import torch
@@ -32,7 +35,7 @@ def ols(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
 def test_default_recipe_reaches_least_squares(layer, linear_data):
     (w_ols, b_ols), mse_ols = ols(linear_data.x, linear_data.y)
     model = zoo.create_model("linear_regression", layer=layer, seed=0)
-    result = zoo.train(model, linear_data, seed=0, progress=False)
+    result = zoo.train(model, linear_data, seed=0, epochs=1, progress=False)  # one step, as the README says
     assert abs(model.weight.item() - w_ols.item()) < 0.01
     assert abs(model.bias.item() - b_ols.item()) < 0.05
     assert result.final_loss <= 1.01 * mse_ols
@@ -77,14 +80,29 @@ def test_result_and_model_after_training(linear_data):
     model.train()
     result = zoo.train(model, linear_data, epochs=3, progress=False)
     assert not model.training
-    assert result.device == "cpu" and result.steps == 3 and len(result.history) == 3
-    assert result.seconds > 0 and result.recipe["batch_size"] == len(linear_data)
-    assert result.history[0] > result.history[-1]
+    assert result.device == "cpu" and result.recipe["batch_size"] == len(linear_data) and result.seconds > 0
+    # L-BFGS's first step lands on least squares, the second cannot improve it: training stops there
+    assert result.steps == len(result.history) == 2 and result.history[0] == result.history[1] == result.final_loss
     assert json.loads(json.dumps(result.to_json()))["history"] == result.history
     summary = model.zoo_training
     assert summary == result.summary() and "history" not in summary
     assert summary["dataset"] == {"name": "linear", "task": "regression", "rows": 10000, "params": linear_data.params}
     json.dumps(summary, allow_nan=False)
+
+
+def test_history_is_the_loss_on_all_rows_after_each_epoch():
+    """One loss, defined once: history[i] is what training for i + 1 epochs ends at; final_loss is the last."""
+    data = zoo.datasets.create("nonlinear", seed=0, n=300)
+
+    def run(epochs: int) -> tuple[nn.Module, zoo.TrainResult]:
+        model = zoo.create_model("mlp", hidden=[8], activation="rrelu", seed=0)  # random slopes in training mode
+        return model, zoo.train(model, data, recipe="notes", epochs=epochs, progress=False)
+
+    model, result = run(3)
+    assert result.final_loss == result.history[-1] == result.metrics["mse"] and len(result.history) == 3
+    with torch.no_grad():
+        assert result.final_loss == pytest.approx(nn.functional.mse_loss(model(data.x), data.y).item(), rel=1e-6)
+    assert [run(epochs)[1].final_loss for epochs in (1, 2)] == result.history[:2]
 
 
 def test_explicit_arguments_override_the_recipe(linear_data):
@@ -143,7 +161,7 @@ def test_shape_is_checked_at_every_step(linear_data):
 def test_model_that_cannot_take_the_inputs_is_a_training_error():
     data = zoo.datasets.create("blobs", seed=0)
     with pytest.raises(TrainingError, match=r"cannot take the dataset's inputs \(\(2,\) features"):
-        zoo.train(zoo.create_model("linear_regression"), data, progress=False)
+        zoo.train(zoo.create_model("mlp", hidden=[4]), data, progress=False)  # an mlp fits any task
 
 
 def first_non_finite_step(x: torch.Tensor, y: torch.Tensor) -> int:
@@ -168,9 +186,118 @@ def test_divergence_names_the_first_bad_step_and_suggests_a_lower_lr(linear_data
     assert not hasattr(model, "zoo_training")
 
 
+def state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the model, copied."""
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def assert_same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value) and after[key].device == value.device, key
+
+
+def test_a_diverged_run_leaves_the_model_as_it_was_so_a_lower_rate_can_retry(linear_data):
+    model = zoo.create_model("linear_regression", seed=0).train()
+    before = state(model)
+    with pytest.raises(DivergenceError, match="the model was left as it was before training; lower the learning"):
+        zoo.train(model, linear_data, optimizer="sgd", lr=1e6, progress=False)
+    assert_same_state(model, before)
+    assert model.training and model.weight.grad is None and not hasattr(model, "zoo_training")
+    retried = zoo.train(model, linear_data, optimizer="sgd", lr=1e-4, progress=False)  # before: NaN at step 1
+    assert len(retried.history) == 10 and all(math.isfinite(loss) for loss in retried.history)
+
+
+@cuda
+@pytest.mark.cuda
+def test_a_failed_run_on_cuda_leaves_the_model_on_the_cpu(linear_data):
+    model = zoo.create_model("linear_regression", seed=0)
+    before = state(model)
+    with pytest.raises(DivergenceError):
+        zoo.train(model, linear_data, device="cuda", optimizer="sgd", lr=1e6, progress=False)
+    assert_same_state(model, before)  # the same values, on the CPU again
+
+
+class StopsAtForward(nn.Module):
+    """Linear then BatchNorm1d (whose buffers training updates); raises `stop` on forward pass number `at`."""
+
+    def __init__(self, stop: BaseException, at: int) -> None:
+        super().__init__()
+        self.fc, self.norm = nn.Linear(1, 1), nn.BatchNorm1d(1)
+        self.stop, self.at, self.calls = stop, at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.at:
+            raise self.stop
+        return self.norm(self.fc(x))
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), RuntimeError("a plugin's own failure")], ids=type)
+def test_an_interrupted_run_leaves_weights_buffers_gradients_and_modes_as_they_were(linear_data, stop):
+    model = StopsAtForward(stop, at=150)  # mid-way through the notes recipe's second epoch
+    model.norm.eval()  # modes may differ per module: each is put back
+    model.fc.weight.grad = torch.full_like(model.fc.weight, 3.0)
+    parameters, before = list(model.parameters()), state(model)
+    with pytest.raises(type(stop)):
+        zoo.train(model, linear_data, recipe="notes", progress=False)
+    assert model.calls == 150 and before["norm.num_batches_tracked"] == 0
+    assert_same_state(model, before)
+    assert model.training and model.fc.training and not model.norm.training
+    assert list(model.parameters()) == parameters  # the same Parameter objects: a caller's optimizer still holds them
+    assert torch.equal(model.fc.weight.grad, torch.full_like(model.fc.weight, 3.0)) and model.fc.bias.grad is None
+
+
+def with_values(data, name: str, rows: list[int], value: float):
+    """A copy of `data` whose tensor `name` holds `value` in the first column of `rows`."""
+    tensor = getattr(data, name).clone()
+    tensor[rows, 0] = value
+    return dataclasses.replace(data, **{name: tensor})
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "value", "message"),
+    [
+        ("x", [17, 40], float("nan"), "dataset 'linear' has 2 values in x that are NaN or infinite, the first in row 17 (nan)"),
+        ("y", [5], float("-inf"), "dataset 'linear' has 1 value in y that is NaN or infinite, the first in row 5 (-inf)"),
+    ],
+    ids=["nan-in-x", "inf-in-y"],
+)
+def test_nan_or_inf_in_the_data_is_named_before_any_step(linear_data, name, rows, value, message):
+    model = zoo.create_model("linear_regression", seed=0)
+    calls, before = [], state(model)
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(TrainingError, match=re.escape(message) + ": fix the data before training$") as caught:
+        zoo.train(model, with_values(linear_data, name, rows, value), progress=False)
+    assert not isinstance(caught.value, DivergenceError) and calls == []
+    assert_same_state(model, before)
+
+
+def test_binary_classification_targets_must_be_0_or_1():
+    blobs = zoo.datasets.create("blobs", seed=0)
+    with pytest.raises(TrainingError, match=re.escape(
+            "dataset 'blobs' has 2 values in y that are neither 0 nor 1 (binary_classification targets), "
+            "the first in row 3 (0.5)")):
+        zoo.train(zoo.create_model("logistic_regression"), with_values(blobs, "y", [3, 8], 0.5), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "dataset", "other", "suggested"),
+    [("logistic_regression", "binary_classification", "linear", "regression", "blobs"),
+     ("linear_regression", "regression", "blobs", "binary_classification", "linear")],
+)
+def test_a_model_is_not_trained_for_another_task(model, task, dataset, other, suggested):
+    data = zoo.datasets.create(dataset, seed=0)
+    with pytest.raises(TrainingError, match=re.escape(
+            f"model {model!r} is for {task} but dataset {dataset!r} is {other}: "
+            f"train it on a {task} dataset, such as {suggested!r}")):
+        zoo.train(zoo.create_model(model, in_features=data.x.shape[1]), data, progress=False)
+
+
 def test_divergence_in_the_last_update_is_caught_by_the_final_loss(linear_data):
     model = zoo.create_model("linear_regression", seed=0)  # one full-batch step: its own loss is still finite
-    with pytest.raises(DivergenceError, match="the loss became inf after step 1; lower the learning rate") as caught:
+    with pytest.raises(DivergenceError, match="the loss became inf after step 1; the model was left as it was before training; lower the learning rate") as caught:
         zoo.train(model, linear_data, optimizer="sgd", lr=1e30, epochs=1, progress=False)
     assert caught.value.step == 1
 

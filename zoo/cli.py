@@ -260,10 +260,12 @@ def train_command(model_name: str, output: str | None, as_json: bool, quiet: boo
 
 def _print_training(report: dict[str, Any]) -> None:
     config = ", ".join(f"{key}={value}" for key, value in report["model"].items() if key != "name")
+    ran, planned = len(report["history"]), report["recipe"]["epochs"]
     click.echo(
         f"{report['model']['name']} ({config}) on {report['dataset']['name']}, recipe {report['recipe']['name']}: "
         f"{plural(report['steps'], 'step')} in {report['seconds']:.2f} s on {report['device']}"
         + (f" x {report['world_size']} processes ({report['backend']})" if report["world_size"] > 1 else "")
+        + (f" (stopped after {ran} of {planned} epochs: the loss stopped improving)" if ran < planned else "")
     )
     metrics = "  ".join(f"{key} {value:.6g}" for key, value in report["metrics"].items())
     click.echo(f"final loss {report['final_loss']:.6g}  ({metrics})")

@@ -123,7 +123,10 @@ def plot_activations(specs: Sequence[str], path: str | os.PathLike[str], *,
 
 
 def plot_training(panels: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike[str]) -> pathlib.Path:
-    """Draw loss-per-epoch curves, one panel per title in `panels` ({title: {label: history}}), into a PNG."""
+    """Draw loss-per-epoch curves, one panel per title in `panels` ({title: {label: history}}), into a PNG.
+
+    A history is `zoo.train`'s: the loss over all rows, model in eval mode, after each epoch.
+    """
     panels = {title: curves for title, curves in panels.items() if curves}
     if not panels:
         raise BadArgumentsError("no loss history to plot")
@@ -137,7 +140,7 @@ def plot_training(panels: Mapping[str, Mapping[str, Sequence[float]]], path: str
         ax.set_yscale("log")
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss (log scale)")
+        ax.set_ylabel("loss on all rows after the epoch (log scale)")
         ax.grid(alpha=0.3, which="both")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(curves) > 8:  # many curves: the legend goes beside the axes, in two columns past 14

@@ -15,10 +15,15 @@ Recipes (explicit arguments of `train` override any setting):
   in order (no shuffling), 5 epochs. On `linear` it ends with w ~ 9.96 but b ~ 8.7, far from 5.
 
 Loss by task: regression -> MSELoss, binary_classification -> BCEWithLogitsLoss (models output
-logits). Predictions and targets must have the same shape; nothing is broadcast. Losses stay on
-the device during an epoch and are checked once per epoch (one host sync), naming the first
-non-finite step. After training the model stays on the device it was trained on, in eval mode,
-with a JSON summary in `model.zoo_training`.
+logits). Predictions and targets must have the same shape; nothing is broadcast. Before any step the
+data is checked: finite x and y, 0/1 targets for binary classification, and a task the model is for
+(``model.zoo_meta["task"]``). The loss has one definition: the criterion over the whole dataset, the
+model in eval mode, after an epoch. ``history[i]`` is that loss after epoch i + 1 and ``final_loss``
+is ``history[-1]``. A step is one optimiser step on one batch (for L-BFGS, up to 20 iterations of
+its own); batch losses stay on the device during an epoch and are checked once per epoch, naming the
+first non-finite step. After training the model stays on the device it was trained on, in eval
+mode, with a JSON summary in `model.zoo_training`; after a failed one (any exception, Ctrl-C
+included) it is as it was before the call: weights, buffers, gradients, modes and devices.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from zoo import cpus, distributed
 from zoo.errors import BadArgumentsError, DeviceError, DivergenceError, TrainingError, UnknownNameError
 from zoo.models import seeded
 from zoo.progress import ProgressBar, wanted
+from zoo.text import plural
 
 __all__ = [
     "CRITERIA", "OPTIMIZERS", "RECIPES", "Recipe", "TrainResult", "resolve_device", "resolve_recipe", "train",
@@ -91,10 +97,10 @@ CRITERIA: dict[str, Callable[[], nn.Module]] = {
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """What a training run did: per-epoch mean loss, final full-data loss and metrics, where and how long."""
+    """What a training run did: the full-data loss after each epoch, the final one and metrics, where and how long."""
 
-    history: list[float]
-    final_loss: float
+    history: list[float]  # the full-data loss in eval mode after each epoch run
+    final_loss: float  # history[-1]
     metrics: dict[str, float]
     device: str
     seconds: float
@@ -165,16 +171,20 @@ def train(
     choice when OMP_NUM_THREADS is set. Full-batch L-BFGS stops early once the loss
     stopped improving. Inside a torchrun process (WORLD_SIZE > 1) it trains with
     DistributedDataParallel, each rank on its share of every batch (see zoo.distributed). Raises
-    BadArgumentsError for bad settings, DeviceError, TrainingError when model and data do not fit,
-    DivergenceError on NaN/inf, DistributedError when the ranks cannot work together.
+    BadArgumentsError for bad settings, DeviceError, TrainingError before any step when model and
+    data do not fit (another task, other shapes) or the data is bad (NaN/inf, binary targets other
+    than 0/1), DivergenceError on a NaN/inf loss, DistributedError when the ranks cannot work
+    together. Whatever stops it, Ctrl-C included, the model is left as it was before the call.
     """
     criterion = _criterion(data)
+    _check_task(model, data)
+    _check_values(data)
     target = resolve_device(device)
     settings = resolve_recipe(
         recipe, rows=len(data.x), seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, optimizer=optimizer,
     )
-    with _group(target, rows=len(data.x)) as group:
+    with _restored_on_failure(model), _group(target, rows=len(data.x)) as group:
         target = group.device if group else target
         x, y = data.x.to(target), data.y.to(target)
         model.to(target)
@@ -184,19 +194,16 @@ def train(
             loss = _batch_loss(model, criterion) if group is None else group.batch_loss(group.wrap(model), criterion)
             show = wanted(progress) and (group is None or group.rank == 0)
             with group.guard("training") if group else contextlib.nullcontext():
-                history = _fit(model, x, y, loss, settings, show)
-            final_loss, metrics = _evaluate(model, x, y, criterion)
+                history, metrics = _fit(model, x, y, loss, settings, show,
+                                        evaluate=lambda: _evaluate(model, x, y, criterion))
         seconds = time.perf_counter() - start
-    steps = len(history) * math.ceil(len(x) / settings["batch_size"])
-    if not math.isfinite(final_loss):
-        raise _divergence(final_loss, steps, settings["lr"], after=True)
     result = TrainResult(
         history=history,
-        final_loss=final_loss,
+        final_loss=history[-1],
         metrics=metrics,
         device=str(target),
         seconds=seconds,
-        steps=steps,
+        steps=len(history) * math.ceil(len(x) / settings["batch_size"]),
         recipe=settings,
         dataset={"name": data.name, "task": data.task, "rows": len(x), "params": dict(data.params)},
         threads=used,
@@ -293,6 +300,69 @@ def _criterion(data: Any) -> nn.Module:
     return CRITERIA[data.task]()
 
 
+def _check_task(model: nn.Module, data: Any) -> None:
+    """A model built for one task (``zoo_meta["task"]``) is not trained on another's data."""
+    meta = getattr(model, "zoo_meta", None) or {}
+    task = meta.get("task")
+    if task is None or task == data.task:
+        return
+    name = getattr(model, "zoo_config", {}).get("name", type(model).__name__)
+    such_as = f", such as {meta['dataset']!r}" if meta.get("dataset") else ""
+    raise TrainingError(
+        f"model {name!r} is for {task} but dataset {data.name!r} is {data.task}: "
+        f"train it on a {task} dataset{such_as}"
+    )
+
+
+# Values the targets of a task may take, beyond being finite: (test, what the others are called).
+TARGET_VALUES: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
+    "binary_classification": (lambda y: (y == 0) | (y == 1), "neither 0 nor 1 (binary_classification targets)"),
+}
+
+
+def _check_values(data: Any) -> None:
+    """NaN/inf in the data, or targets its task cannot take, are named before any step (not as a divergence)."""
+    for label, tensor in (("x", data.x), ("y", data.y)):
+        _refuse_values(data.name, label, tensor, ~torch.isfinite(tensor), "NaN or infinite")
+    if data.task in TARGET_VALUES:
+        allowed, others = TARGET_VALUES[data.task]
+        _refuse_values(data.name, "y", data.y, ~allowed(data.y), others)
+
+
+def _refuse_values(name: str, label: str, tensor: torch.Tensor, bad: torch.Tensor, what: str) -> None:
+    """TrainingError naming how many values of `tensor` are `bad`, and the first row holding one."""
+    count = int(bad.sum())
+    if count:
+        row = int(torch.nonzero(bad.reshape(len(bad), -1).any(dim=1))[0, 0])
+        first = tensor[row].flatten()[bad[row].flatten()][0].item()
+        raise TrainingError(
+            f"dataset {name!r} has {plural(count, 'value')} in {label} that {'is' if count == 1 else 'are'} {what}, "
+            f"the first in row {row} ({first}): fix the data before training"
+        )
+
+
+@contextlib.contextmanager
+def _restored_on_failure(model: nn.Module) -> Iterator[None]:
+    """On any exception (KeyboardInterrupt too), put back the model's weights, buffers, gradients, modes and devices."""
+    params = [(p, p.detach().clone(), None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
+    buffers = [(module, name, buffer.clone()) for module in model.modules()
+               for name, buffer in module.named_buffers(recurse=False)]
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for param, value, grad in params:
+                param.grad = None  # before .data: a gradient must stay on its parameter's device
+                param.data = value  # as nn.Module.to does: the same Parameter, back on its own device
+                param.grad = grad
+            for module, name, value in buffers:
+                setattr(module, name, value)
+        for module, training in modes:
+            module.training = training
+        raise
+
+
 def _same_shape(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if prediction.shape != target.shape:
         raise TrainingError(
@@ -331,8 +401,10 @@ def _batch_loss(model: nn.Module, criterion: nn.Module) -> BatchLoss:
 
 
 def _fit(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: BatchLoss, settings: dict[str, Any], show: bool
-) -> list[float]:
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: BatchLoss, settings: dict[str, Any], show: bool,
+    evaluate: Callable[[], tuple[float, dict[str, float]]],
+) -> tuple[list[float], dict[str, float]]:
+    """Train epoch by epoch; returns the full-data loss after each epoch and the last epoch's metrics."""
     build, _ = OPTIMIZERS[settings["optimizer"]]
     optimizer = build(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     rows, batch, epochs = len(x), settings["batch_size"], settings["epochs"]
@@ -340,9 +412,9 @@ def _fit(
     order = torch.Generator().manual_seed(settings["seed"])
     bar = ProgressBar(epochs * per_epoch, epochs) if show else None
     history: list[float] = []
-    model.train()
     try:
         for epoch in range(epochs):
+            model.train()
             xs, ys = x, y
             if settings["shuffle"] and batch < rows:
                 permutation = torch.randperm(rows, generator=order).to(x.device)
@@ -352,13 +424,17 @@ def _fit(
                 losses.append(_step(optimizer, loss, xs[begin : begin + batch], ys[begin : begin + batch]))
                 if bar is not None:
                     bar.update(epoch * per_epoch + len(losses), epoch + 1, losses[-1].item)
-            history.append(_epoch_mean(losses, first_step=epoch * per_epoch + 1, lr=settings["lr"]))
+            _check_finite(losses, first_step=epoch * per_epoch + 1, lr=settings["lr"])
+            value, metrics = evaluate()
+            if not math.isfinite(value):
+                raise _divergence(value, (epoch + 1) * per_epoch, settings["lr"], after=True)
+            history.append(value)
             if settings["optimizer"] == "lbfgs" and per_epoch == 1 and _stalled(history):
                 break
     finally:
         if bar is not None:
             bar.close()
-    return history
+    return history, metrics
 
 
 def _stalled(history: list[float]) -> bool:
@@ -378,21 +454,21 @@ def _step(optimizer: torch.optim.Optimizer, loss: BatchLoss, xb: torch.Tensor, y
     return optimizer.step(closure).detach()
 
 
-def _epoch_mean(losses: list[torch.Tensor], *, first_step: int, lr: float) -> float:
-    """Mean batch loss of an epoch, read with one host sync; a NaN/inf names the first bad step."""
+def _check_finite(losses: list[torch.Tensor], *, first_step: int, lr: float) -> None:
+    """The batch losses of an epoch, read with one host sync; a NaN/inf names the first bad step."""
     stacked = torch.stack(losses)
-    mean = stacked.mean().item()
-    if math.isfinite(mean):
-        return mean
-    bad = int(torch.nonzero(~torch.isfinite(stacked))[0, 0])
+    finite = torch.isfinite(stacked)
+    if bool(finite.all()):
+        return
+    bad = int(torch.nonzero(~finite)[0, 0])
     raise _divergence(stacked[bad].item(), first_step + bad, lr, after=False)
 
 
 def _divergence(value: float, step: int, lr: float, *, after: bool) -> DivergenceError:
     where = f"after step {step}" if after else f"at step {step}"
     return DivergenceError(
-        f"training diverged: the loss became {value} {where}; lower the learning rate "
-        f"(it was {lr:g}, try {lr / 10:g})",
+        f"training diverged: the loss became {value} {where}; the model was left as it was before training; "
+        f"lower the learning rate (it was {lr:g}, try {lr / 10:g})",
         step=step,
     )
 

@@ -26,6 +26,7 @@ __all__ = [
     "RuntimeLoadError",
     "RuntimeMissingError",
     "TensorProtoError",
+    "Tolerance",
     "VerifyReport",
     "compare_output",
     "encode_tensor",
