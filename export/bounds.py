@@ -157,7 +157,7 @@ def partial_squares(total: torch.Tensor, squares: torch.Tensor, count: Any) -> t
 
 
 # Memory for one chunk of probe rows (values, both tiers, every intermediate): about this many bytes.
-CHUNK_BYTES = 256 * 2**20
+CHUNK_BYTES = 512 * 2**20
 FIRST_CHUNK = 32
 
 
@@ -169,11 +169,12 @@ def bounded_run(model: torch.nn.Module, x: np.ndarray, *, dtype: str, modules: b
     ``chunk_bytes`` whatever the model and the number of rows.
     """
     wide = _float64_copy(model)
-    first, held = _run_chunk(wide, x[:FIRST_CHUNK], dtype, modules)
+    weights = _Weights(wide)
+    first, held = _run_chunk(wide, x[:FIRST_CHUNK], dtype, modules, weights)
     runs = [first]
     rows = max(FIRST_CHUNK, int(chunk_bytes * min(len(x), FIRST_CHUNK) / max(held, 1)))
     for start in range(FIRST_CHUNK, len(x), rows):
-        runs.append(_run_chunk(wide, x[start:start + rows], dtype, modules)[0])
+        runs.append(_run_chunk(wide, x[start:start + rows], dtype, modules, weights)[0])
     if len(runs) == 1:
         return first
     return BoundedRun(
@@ -184,9 +185,27 @@ def bounded_run(model: torch.nn.Module, x: np.ndarray, *, dtype: str, modules: b
     )
 
 
-def _run_chunk(wide: torch.nn.Module, x: np.ndarray, dtype: str, modules: bool) -> tuple[BoundedRun, int]:
+class _Weights:
+    """What a dot product needs of a weight (|W|, W^2, its nonzero count), computed once for every chunk."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.pointers = {t.data_ptr() for t in [*model.parameters(), *model.buffers()]}
+        self.cache: dict[tuple, torch.Tensor] = {}
+
+    def derived(self, tensor: torch.Tensor, kind: str, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``make(tensor)``, remembered when the tensor is (a view of) a weight, which no chunk changes."""
+        if tensor.data_ptr() not in self.pointers:
+            return make(tensor)
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), kind)
+        if key not in self.cache:
+            self.cache[key] = make(tensor)
+        return self.cache[key]
+
+
+def _run_chunk(wide: torch.nn.Module, x: np.ndarray, dtype: str, modules: bool,
+               weights: _Weights) -> tuple[BoundedRun, int]:
     """One chunk of rows through the pass, and the bytes it held."""
-    mode = _BoundMode(dtype)
+    mode = _BoundMode(dtype, weights)
     inputs = torch.from_numpy(np.asarray(x, dtype=np.float64))
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.no_grad())
@@ -229,8 +248,9 @@ def _hooked(module: torch.nn.Module, name: str, mode: _BoundMode, record: bool) 
 
 
 class _BoundMode(TorchDispatchMode):
-    def __init__(self, dtype: str) -> None:
+    def __init__(self, dtype: str, weights: _Weights | None = None) -> None:
         super().__init__()
+        self.weights = weights or _Weights(torch.nn.Module())
         self.unit = UNIT[dtype]
         self.tiny = float(np.finfo(dtype).tiny)  # what underflow may lose in one op
         self.max = float(np.finfo(dtype).max)
@@ -261,17 +281,18 @@ class _BoundMode(TorchDispatchMode):
     def remember(self, tensor: torch.Tensor, bound: Bounded) -> None:
         error = _nan_to_inf(bound.error)
         if tensor.is_floating_point():  # beyond the dtype's range any evaluation may overflow
-            error = torch.where(torch.isfinite(tensor) & (tensor.abs() > self.max), math.inf, error)
+            size = tensor.abs()
+            beyond = (size > self.max) & (size < math.inf)
             if bound.partial is not None:  # a partial sum may overflow in some order
-                error = torch.where(bound.partial.terms > self.max, math.inf, error)
+                beyond |= bound.partial.terms > self.max
+            error = error.masked_fill(beyond, math.inf)
         bound.error = error
-        unbounded = torch.isinf(error)
-        if bound.spread is not None:
-            bound.spread = torch.where(unbounded, math.inf, _nan_to_inf(bound.spread))
-        if bound.allowance is not None:
-            bound.allowance = torch.where(unbounded, math.inf, _nan_to_inf(bound.allowance))
-        if bound.local is not None:
-            bound.local = torch.where(unbounded, math.inf, _nan_to_inf(bound.local))
+        unbounded = None
+        for part in ("spread", "allowance", "local"):
+            value = getattr(bound, part)
+            if value is not None:
+                unbounded = torch.isinf(error) if unbounded is None else unbounded
+                setattr(bound, part, _nan_to_inf(value).masked_fill(unbounded, math.inf))
         self.known[id(tensor)] = (tensor, bound)  # the tensor held, so its id is never reused during the pass
 
     def held_bytes(self) -> int:
@@ -281,10 +302,11 @@ class _BoundMode(TorchDispatchMode):
         return sum(t.element_size() * t.numel() for t in parts)
 
     def bounded(self, value: Any) -> Bounded:
-        if isinstance(value, torch.Tensor) and id(value) in self.known:
+        if isinstance(value, torch.Tensor):
+            if id(value) not in self.known:  # a weight or a constant: exact, and asked for again
+                self.known[id(value)] = (value, Bounded(torch.zeros_like(value, dtype=torch.float64)))
             return self.known[id(value)][1]
-        zero = torch.zeros_like(value, dtype=torch.float64) if isinstance(value, torch.Tensor) else torch.tensor(0.0)
-        return Bounded(zero)
+        return Bounded(torch.tensor(0.0))
 
     def error(self, value: Any) -> torch.Tensor:
         return self.bounded(value).error
@@ -439,23 +461,27 @@ def _dot(mode: _BoundMode, func: Any, a: torch.Tensor, b: torch.Tensor, out: tor
         ea, eb = ba.error, bb.error
         b_exact = not bool((eb > 0).any())
         a_exact = not bool((ea > 0).any())
+        size_a, size_b = a.abs(), mode.weights.derived(b, "abs", torch.abs)
+        square_a, square_b = a * a, mode.weights.derived(b, "square", torch.square)
         if b_exact:
-            carried = torch.zeros_like(out) if a_exact else func(ea, b.abs())
+            carried = torch.zeros_like(out) if a_exact else func(ea, size_b)
+            terms = func(size_a, size_b) + carried
         else:
-            carried = func(ea, b.abs()) + func(a.abs(), eb) + func(ea, eb)
-        terms = func(a.abs() + ea, b.abs() + eb)
-        squares = func(a * a, b * b)
+            carried = func(ea, size_b) + func(size_a, eb) + func(ea, eb)
+            terms = func(size_a + ea, size_b + eb)
+        squares = func(square_a, square_b)
         variance = _sum(
-            None if ba.spread is None else func(ba.spread ** 2, b * b),
-            None if bb.spread is None else func(a * a, bb.spread ** 2),
+            None if ba.spread is None else func(ba.spread ** 2, square_b),
+            None if bb.spread is None else func(square_a, bb.spread ** 2),
             None if ba.spread is None or bb.spread is None else func(ba.spread ** 2, bb.spread ** 2),
         )
         allowance = _sum(
-            None if ba.allowance is None else func(ba.allowance, b.abs() + bb.error),
-            None if bb.allowance is None else func(a.abs(), bb.allowance),
+            None if ba.allowance is None else func(ba.allowance, size_b + eb),
+            None if bb.allowance is None else func(size_a, bb.allowance),
         )
         # adding a zero term is exact: rounding happens at the nonzero terms only (ReLU zeros, padding)
-        nonzero = torch.minimum((a != 0).sum(-1, keepdim=True), (b != 0).sum(-2, keepdim=True)).to(torch.float64)
+        columns = mode.weights.derived(b, "nonzero", lambda t: (t != 0).sum(-2, keepdim=True).to(torch.float64))
+        nonzero = torch.minimum((a != 0).sum(-1, keepdim=True).to(torch.float64), columns)
         partial = Partial(terms, a.shape[-1], carried, squares,
                           torch.zeros_like(out) if variance is None else variance, nonzero)
         if bias is not None:
@@ -614,7 +640,7 @@ def _elementwise(mode: _BoundMode, func: Any, args: tuple, kwargs: dict, out: An
         basic = packet in BASIC
         ulps = BASIC_ULPS if basic else KERNEL_ULPS
         # at an infinite input (or output) the op's value is its limit: no rounding of its own
-        limit = (torch.isinf(out) | ~torch.isfinite(size)) & (carried == 0)
+        limit = ~(size < math.inf) & (carried == 0)  # size is |f| or more: infinite or NaN where out is
         own = torch.where(limit, 0.0, mode.own(size + carried, ulps))
         rounding = torch.where(limit, 0.0, _rounding(mode, size, BASIC_ULPS) if basic else _kernel(mode, size))
     return Bounded(carried + own, _quadrature(*spreads, rounding), allowance, local=local)
@@ -834,4 +860,4 @@ class _LogSigmoid:
 
 def _nan_to_inf(error: torch.Tensor) -> torch.Tensor:
     """An error that could not be computed (inf - inf) is unbounded."""
-    return torch.where(torch.isnan(error), math.inf, error)
+    return torch.nan_to_num(error, nan=math.inf, posinf=math.inf, neginf=-math.inf)
