@@ -4,3 +4,4 @@ EXPORTERS = ("torchscript", "dynamo")
 DTYPES = ("float32", "float16")
 COMPUTE = ("float16", "float32", "float64")
 RUNTIMES = ("onnxruntime", "openvino", "tract")
+TRACE_BATCH = 2  # rows of the example input traced: the fixed batch of a graph exported without a dynamic batch

@@ -235,10 +235,10 @@ def train_command(model_name: str, output: str | None, as_json: bool, quiet: boo
     Small models train with one torch thread, larger ones with one per physical core; set
     OMP_NUM_THREADS=N to choose.
     """
+    if output:  # before training, and before torch loads (seconds): a bad path is refused at once
+        check_output(output, suffixes=CHECKPOINT_SUFFIXES, what="a checkpoint")
     from zoo.distributed import is_main
 
-    if output:
-        check_output(output, suffixes=CHECKPOINT_SUFFIXES, what="a checkpoint")  # before training, not after
     model, result = train_from_options(model_name, progress=False if quiet or as_json else None, **options)
     if not is_main():  # under torchrun, rank 0 alone writes the checkpoint and prints
         return

@@ -10,7 +10,7 @@ from export.runtime.backends import RuntimeLoadError, RuntimeMissingError
 from export.runtime.compare import OutputVerdict, compare_output
 from export.runtime.model import InputError, ModelFileError, OnnxModel
 from export.runtime.tensor_proto import TensorProtoError, encode_tensor, read_tensor
-from export.runtime.verify import BundleError, BundleMismatchError, VerifyReport, verify_bundle
+from export.runtime.verify import BundleError, BundleMismatchError, VerifyReport, is_bundle, verify_bundle
 
 __all__ = [
     "RUNTIMES",
@@ -26,6 +26,7 @@ __all__ = [
     "VerifyReport",
     "compare_output",
     "encode_tensor",
+    "is_bundle",
     "read_tensor",
     "verify_bundle",
 ]

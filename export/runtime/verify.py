@@ -26,7 +26,7 @@ from export.runtime.compare import OutputVerdict, compare_output, jsonable
 from export.runtime.model import InputError, ModelFileError, OnnxModel
 from export.runtime.tensor_proto import TensorProtoError, read_tensor
 
-__all__ = ["BundleError", "BundleMismatchError", "VerifyReport", "jsonable", "verify_bundle"]
+__all__ = ["BundleError", "BundleMismatchError", "VerifyReport", "is_bundle", "jsonable", "verify_bundle"]
 
 FORMAT = "zoo-bundle"
 FORMAT_VERSION = 2
@@ -163,6 +163,15 @@ def bundle_dir(path: str | os.PathLike[str]) -> pathlib.Path:
             f"{path} is not a bundle: no {MANIFEST} (write one with `zoo export ... --test-data`)"
         )
     return root
+
+
+def is_bundle(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory holding a zoo bundle manifest (of any format version)."""
+    try:
+        manifest = json.loads((pathlib.Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 def load_manifest(root: pathlib.Path) -> dict[str, Any]:
