@@ -85,6 +85,25 @@ def test_a_suggestion_is_made_once_even_when_several_kinds_know_the_name():
     assert sorted(UnknownNameError("plugin", "relu7", ["relu6", "relu6", "relu"]).suggestions) == ["relu", "relu6"]
 
 
+def test_a_dataset_plugin_without_the_contract_says_what_it_lacks_and_where_it_is_written(third_party):
+    third_party("zoo-bare-data", {"zoo.datasets": {"bare": "bare_data:bare"}}, {"bare_data.py": """
+        import types
+
+        import torch
+
+        def bare(seed=0, device="cpu"):
+            x = torch.linspace(-1, 1, 8).unsqueeze(1)
+            return types.SimpleNamespace(x=x, y=2 * x, task="regression")  # no name, no params
+    """})
+    result = run_zoo("train", "linear_regression", "--dataset", "bare")
+    assert_one_line_error(result, "without name, params", "'Writing a plugin' in zoo's README")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    plugins = readme[readme.index("\n## Writing a plugin\n"):]
+    plugins = plugins[: plugins.index("\n## ", 1)]
+    for attribute in ("`x`", "`y`", "`task`", "`name`", "`params`"):
+        assert attribute in plugins, attribute
+
+
 def test_show_prints_the_real_parameters_with_defaults():
     sigmoid = run_zoo("show", "sigmoid").stdout
     assert "signature:    sigmoid()\n" in sigmoid and "*args" not in sigmoid
