@@ -14,8 +14,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $@
 
-demo: $(STAMP)  ## build, train, export and verify the whole zoo into $(OUT)/
-	$(VENV)/bin/zoo run -o $(OUT)
+demo: $(STAMP)  ## build, train, export and verify the whole zoo into $(OUT)/ (replacing an earlier demo there)
+	$(VENV)/bin/zoo run -o $(OUT) --force
 
 test: $(STAMP)  ## the test suite (what CI runs), then the parity-critical tests on torch's scalar CPU kernels
 	$(PY) -m pytest -q

@@ -33,7 +33,7 @@ import torch
 from export.bounds import UNIT
 from export.onnx_export import ExportError, ExportOptions, export_options, to_onnx
 from export.parity import ParityError, ParityReport, ProbeSet, parity_run
-from export.runtime import BundleError, OnnxModel, encode_tensor, verify_bundle
+from export.runtime import BundleError, OnnxModel, encode_tensor, is_bundle, verify_bundle
 from export.runtime.compare import SPREADS
 from export.runtime.integrity import file_table
 from export.runtime.verify import (
@@ -140,15 +140,6 @@ def write_bundle(
         _check_target(out, overwrite, directory=True)
         _swap_in(staged, out)
     return out
-
-
-def is_bundle(path: pathlib.Path) -> bool:
-    """Whether ``path`` is a directory holding a zoo bundle manifest."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 def preflight(path: pathlib.Path, *, bundle: bool, overwrite: bool) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 import click
 
 import zoo
-from export.options import COMPUTE, DTYPES, EXPORTERS, RUNTIMES
+from export.options import COMPUTE, DTYPES, EXPORTERS, RUNTIMES, TRACE_BATCH
+from zoo.errors import CheckpointError
 from zoo.files import check_output, parents_made
 from zoo.options import CHECKPOINT_SUFFIXES, emit_json, model_training_options, train_from_options
 
@@ -66,7 +67,14 @@ def _progress(message: str) -> None:
     help="torchscript is fast; dynamo goes through torch.export and needs onnxscript.",
 )
 @click.option(
-    "--static-batch", is_flag=True, help="Fix the batch size in the graph instead of a symbolic axis."
+    "--static-batch",
+    type=click.IntRange(min=1),
+    is_flag=False,
+    flag_value=TRACE_BATCH,
+    default=None,
+    metavar="[N]",
+    help=f"Fix the batch axis of the graph at N rows ({TRACE_BATCH} when N is not given) instead of a symbolic "
+    "one: the model then takes exactly N rows per run.",
 )
 @click.option(
     "--test-data",
@@ -104,7 +112,7 @@ def export_command(
     out: pathlib.Path,
     opset: int | None,
     exporter: str,
-    static_batch: bool,
+    static_batch: int | None,
     test_data: bool,
     dtype: str,
     compute: str | None,
@@ -122,20 +130,17 @@ def export_command(
     --keep-on-failure), the worst input and the first ONNX node out of its bound are printed and
     the exit status is 1.
     """
-    from export.bundle import failed_path, is_bundle, preflight, write_bundle, write_onnx
+    started = time.perf_counter()
+    _check_paths(source, out, bundle=test_data, force=force)  # before torch loads (seconds) and before training
+    from export.bundle import failed_path, write_bundle, write_onnx
     from export.onnx_export import ExportOptions
     from export.parity import ParityError
 
-    started = time.perf_counter()
     options = ExportOptions(opset=opset, exporter=exporter, dtype=dtype, compute=compute,
-                            dynamic_batch=not static_batch)
+                            dynamic_batch=static_batch is None, batch_size=static_batch or TRACE_BATCH)
     opset = options.chosen_opset
-    check_output(out, suffixes=() if test_data else (".onnx",), what="an ONNX model", directory=test_data)
-    if out.exists() and not force and (is_bundle(out) if test_data else out.is_file()):
-        raise click.ClickException(f"{out} already exists; pass --force to replace it")
     # Missing directories are created, as every zoo command does, and removed again if the export fails.
     with parents_made(out):
-        preflight(out, bundle=test_data, overwrite=force)  # before training
         model, trained = _model(ctx, source, training, progress=False if as_json else None)
         _progress(f"exporting to {out} (opset {opset}, {exporter}, {dtype}) and checking parity ...")
         write = write_bundle if test_data else write_onnx
@@ -157,6 +162,7 @@ def export_command(
         "exporter": exporter,
         "dtype": dtype,
         "dynamic_batch": options.dynamic_batch,
+        "static_batch": static_batch,
         "compute": _chosen_compute(out / "model.onnx" if test_data else out),
         "parity": parity,
         "training": trained,
@@ -166,9 +172,9 @@ def export_command(
         emit_json(summary)
         return
     kind = "bundle" if test_data else "model"
-    batch = "dynamic" if options.dynamic_batch else "static"
+    batch = "dynamic batch" if options.dynamic_batch else f"static batch of {static_batch} rows"
     computed = f" computed in {summary['compute']}" if summary["compute"] not in (dtype, None) else ""
-    click.echo(f"wrote {kind} {out} (opset {opset}, {exporter}, {dtype}{computed}, {batch} batch)")
+    click.echo(f"wrote {kind} {out} (opset {opset}, {exporter}, {dtype}{computed}, {batch})")
     click.echo(
         f"parity: ok, worst element at {_num(parity['worst_ratio'])} of its float error bound "
         f"over {parity['rows']} probe rows"
@@ -177,6 +183,22 @@ def export_command(
         click.echo("note: torch eager on this machine is outside the bound somewhere (its kernel, not the "
                    "export); see the report's 'torch' entries", err=True)
     click.echo(f"took {summary['seconds']:.2f} s")
+
+
+def _check_paths(source: str, out: pathlib.Path, *, bundle: bool, force: bool) -> None:
+    """Refuse a missing checkpoint and an output that cannot be written or may not be replaced; needs no torch."""
+    if _is_path(source) and not os.path.isfile(source):
+        raise CheckpointError(f"no checkpoint file at {source}")
+    check_output(out, suffixes=() if bundle else (".onnx",), what="an ONNX model", directory=bundle)
+    if not out.exists() or (bundle and out.is_dir() and not any(out.iterdir())):
+        return
+    if bundle:
+        from export.runtime import is_bundle  # onnxruntime loads only for this rare case
+
+        if not is_bundle(out):
+            raise click.ClickException(f"{out} exists and is not a zoo bundle; choose another output directory")
+    if not force:
+        raise click.ClickException(f"{out} already exists; pass --force to replace it")
 
 
 def _chosen_compute(model_path: pathlib.Path) -> str | None:
@@ -262,7 +284,7 @@ def verify_command(bundle: pathlib.Path, runtime: str, as_json: bool) -> None:
     "--input",
     "input_path",
     type=click.Path(path_type=pathlib.Path),
-    help="A .npy file (or a TensorProto .pb) holding the input batch.",
+    help="A .npy file (written by numpy.save) or a TensorProto .pb holding the input batch.",
 )
 @click.option(
     "-o",

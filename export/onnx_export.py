@@ -23,7 +23,7 @@ import onnx
 import torch
 
 from export import adapters, lowerings
-from export.options import EXPORTERS
+from export.options import EXPORTERS, TRACE_BATCH
 from zoo.errors import ZooError
 from zoo.files import write_atomic
 
@@ -87,6 +87,7 @@ class ExportOptions:
     dtype: str = "float32"
     compute: str | None = None
     dynamic_batch: bool = True
+    batch_size: int = TRACE_BATCH  # rows of the traced example input: the fixed batch without dynamic_batch
     input_names: tuple[str, ...] = ("input",)
     output_names: tuple[str, ...] = ("output",)
     metadata: tuple[tuple[str, str], ...] = ()
@@ -106,6 +107,8 @@ class ExportOptions:
             raise ExportError(
                 f"compute must be {self.dtype!r} or 'float64' for a {self.dtype} export, got {self.compute!r}"
             )
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ExportError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         low, high = opset_range(self.exporter)
         if self.opset is not None and (
             not isinstance(self.opset, int) or isinstance(self.opset, bool) or not low <= self.opset <= high
@@ -159,7 +162,7 @@ def to_onnx(
     """
     options = export_options(options, **changes)
     dtype, compute = options.dtype, options.chosen_compute
-    example = _example_input(model, example_input, DTYPES[dtype], options.dynamic_batch)
+    example = _example_input(model, example_input, DTYPES[dtype], options)
     with eval_copy(model, DTYPES[dtype]) as export_model:
         proto = _export(export_model, example, options)
     proto = _computing_in_float64(proto) if compute == "float64" else _narrow(proto, dtype)
@@ -212,19 +215,19 @@ def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:
 
 
 def _example_input(
-    model: torch.nn.Module, given: torch.Tensor | None, dtype: torch.dtype, dynamic_batch: bool
+    model: torch.nn.Module, given: torch.Tensor | None, dtype: torch.dtype, options: ExportOptions
 ) -> torch.Tensor:
-    """The tracing input: the given one or a seeded randn(2, in_features); batch >= 2 when dynamic."""
+    """The tracing input: the given one or a seeded randn(batch_size, in_features); batch >= 2 when dynamic."""
     if given is None:
         features = getattr(model, "zoo_config", {}).get("in_features")
         if not isinstance(features, int):
             raise ExportError(
                 "cannot build an example input: the model has no zoo_config['in_features']; "
-                "pass example_input=torch.randn(2, in_features)"
+                f"pass example_input=torch.randn({options.batch_size}, in_features)"
             )
-        given = torch.randn(2, features, generator=torch.Generator().manual_seed(0))
+        given = torch.randn(options.batch_size, features, generator=torch.Generator().manual_seed(0))
     example = given.detach().to(dtype)
-    if dynamic_batch and example.shape[0] < 2:
+    if options.dynamic_batch and example.shape[0] < 2:
         # Tracing with batch 1 lets the exporters specialise the batch axis to the constant 1.
         example = example.expand(2, *example.shape[1:]).clone()
     return example

@@ -8,6 +8,10 @@ from collections.abc import Sequence
 from export.run_rows import Row
 from zoo.errors import ZooError
 
+MLP_NOTE = ("A curve that ends before the others stopped early: its loss no longer fell. A high, flat one is a net "
+            "that stopped learning: units sitting where their activation is flat (zero gradient, as threshold below "
+            "its threshold or hardshrink near 0: see activations.png) never move again.")
+
 
 def draw_pictures(rows: Sequence[Row], out: pathlib.Path, *, seed: int = 0) -> tuple[list[str], list[str]]:
     """Write activations.png (activations that built and did not crash) and training.png; return (written, problems)."""
@@ -23,11 +27,11 @@ def draw_pictures(rows: Sequence[Row], out: pathlib.Path, *, seed: int = 0) -> t
                 same.setdefault(tuple(history(row)), []).append(row.layer)
         regression.update({f"{recipe}: {', '.join(layers)}": list(h) for h, layers in same.items()})
     mlp = {row.activation: row.history for row in rows if row.model == "mlp" and row.history}
-    panels = {f"linear_regression on {_datasets(rows, 'linear_regression')}": regression,
-              f"mlp on {_datasets(rows, 'mlp')}, one curve per activation": mlp}
+    mlp_title = f"mlp on {_datasets(rows, 'mlp')}, one curve per activation"
+    panels = {f"linear_regression on {_datasets(rows, 'linear_regression')}": regression, mlp_title: mlp}
     pictures = {
         "activations.png": (lambda path: plots.plot_activations(activations, path, seed=seed), activations),
-        "training.png": (lambda path: plots.plot_training(panels, path), regression or mlp),
+        "training.png": (lambda path: plots.plot_training(panels, path, notes={mlp_title: MLP_NOTE}), regression or mlp),
     }
     written, problems = [], []
     for filename, (draw, wanted) in pictures.items():

@@ -2,7 +2,8 @@
 
 This module holds the run itself and its click command; the parts live beside it, one idea each:
 `run_rows` (which rows, from the registries), `row_runner` (one row, and storing its bundle),
-`run_pool` (local worker processes), `cluster` (a Dask cluster), `pictures` and `run_report`.
+`run_pool` (local worker processes), `cluster` (a Dask cluster), `run_dir` (the output folder), `pictures`
+and `run_report`.
 
 Each row runs with one torch thread, in this process, in a local worker process or on a Dask worker, so
 `--jobs N` and `--cluster` give the same numbers as `--jobs 1`. A row that fails (plugin import,
@@ -29,6 +30,7 @@ from export import run_pool
 from export.cluster import tasks
 from export.pictures import draw_pictures
 from export.row_runner import Finished, run_row, store_bundle
+from export.run_dir import check_out_dir, clear_run
 from export.run_pool import WorkerDied
 from export.run_report import Report, format_table, regression_rows, table_rows, where_it_ran, write_report
 from export.run_rows import Job, Row, plan
@@ -54,20 +56,22 @@ def default_jobs(rows: int) -> int:
 
 def run_zoo(out: str | os.PathLike[str] = "zoo-out", *, only: Sequence[str] = (), device: str = "auto",
             opset: int = 17, seed: int = 0, jobs: int | None = None, cluster: str | None = None,
-            on_row: OnRow | None = None) -> Report:
+            on_row: OnRow | None = None, force: bool = False) -> Report:
     """Run every selected row, draw the pictures, write OUT/report.json and OUT/report.md; return the report.
 
     `cluster` is a Dask scheduler address, or "local" for a LocalCluster of `jobs` workers here;
     without it rows run in this process (jobs=1) or in `jobs` worker processes. Bundles are
-    written under OUT/models/ by this process in every case. Raises BadArgumentsError, ZooError
-    (output directory), ClusterError before any row runs, and RunInterrupted (a KeyboardInterrupt,
-    after writing the report of the finished rows) on Ctrl-C.
+    written under OUT/models/ by this process in every case. OUT must be empty or missing; with
+    `force`, an earlier run's output there is removed first (see export.run_dir). Raises
+    BadArgumentsError, ZooError (output directory), ClusterError before any row runs, and
+    RunInterrupted (a KeyboardInterrupt, after writing the report of the finished rows) on Ctrl-C.
     """
     started = time.perf_counter()
+    out = pathlib.Path(out)
+    replace = check_out_dir(out, force=force)  # before torch loads (seconds) and before any work
     if cluster is None and jobs != 1 and default_jobs(2) > 1:
         run_pool.warm_up()  # its imports overlap this process's start-up
     selected = plan(only=only)
-    out = pathlib.Path(out)
     settings: dict[str, Any] = {"seed": seed, "device": _check_settings(device=device, opset=opset), "opset": opset,
                                 "jobs": jobs or default_jobs(len(selected)), "only": list(only),
                                 "rows": len(selected), "cluster": None, "interrupted": False}
@@ -75,6 +79,8 @@ def run_zoo(out: str | os.PathLike[str] = "zoo-out", *, only: Sequence[str] = ()
     finished: dict[str, Row] = {}
     with contextlib.ExitStack() as stack:
         results = stack.enter_context(contextlib.closing(_results(selected, options, settings, cluster, stack)))
+        if replace:  # every setting checked out: the earlier run goes only now
+            clear_run(out)
         _make_output_dir(out)
         try:
             for job, result in results:
@@ -158,13 +164,19 @@ def _progress(row: Row, finished: int, total: int) -> None:
 @click.option("--cluster", metavar="ADDRESS", default=None,
               help="Run rows on the Dask scheduler at ADDRESS (e.g. tcp://host:8786), or 'local' to start a "
                    "LocalCluster here; bundles are still written to DIR here. Needs `pip install 'zoo-onnx[dask]'`.")
+@click.option("--force", is_flag=True,
+              help="Replace an earlier run's output in DIR (only a folder holding a zoo run's report.json and the "
+                   "files that run wrote is cleared).")
 @click.option("--list", "list_rows", is_flag=True, help="Print the row names and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
 def run_command(ctx: click.Context, out: pathlib.Path, patterns: tuple[str, ...], device: str, opset: int, seed: int,
-                jobs: int | None, cluster: str | None, list_rows: bool, as_json: bool, quiet: bool) -> None:
+                jobs: int | None, cluster: str | None, force: bool, list_rows: bool, as_json: bool,
+                quiet: bool) -> None:
     """Train, export and verify the whole zoo into DIR: report.md, report.json, pictures, models/.
+
+    DIR must be empty or missing: an earlier run there is replaced only with --force, anything else never.
 
     Rows: the course notes' regression once per registered linear layer (compared with the notes'
     recipe and with least squares) and one MLP per registered activation. Ctrl-C writes the report
@@ -178,7 +190,7 @@ def run_command(ctx: click.Context, out: pathlib.Path, patterns: tuple[str, ...]
     show = _progress if not (quiet or as_json) and sys.stderr.isatty() else None
     try:
         report = run_zoo(out, only=patterns, device=device, opset=opset, seed=seed, jobs=jobs, cluster=cluster,
-                         on_row=show)
+                         on_row=show, force=force)
     except RunInterrupted as stop:
         click.echo(f"\nzoo: interrupted: {len(stop.report.rows)} of {stop.report.settings['rows']} rows finished; "
                    f"wrote their report to {out / 'report.md'}", err=True)

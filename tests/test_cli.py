@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import ROOT, assert_one_line_error, run_zoo
 
+from zoo.errors import UnknownNameError
+
 
 def test_version_and_help():
     import zoo
@@ -51,6 +53,57 @@ def test_list_filters_by_pattern_and_shows_aliases_and_descriptions():
     assert "param_linear (matmul_linear)" in every_kind and "linear_regression (linreg)" in every_kind
     assert "activations" not in every_kind
     assert_one_line_error(run_zoo("list", "layers", "zz*"), "no layer matches 'zz*'")
+
+
+def test_list_keeps_the_names_matching_any_of_several_patterns():
+    result = run_zoo("list", "activations", "soft*", "relu*")
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert names == ["relu", "relu6", "softmax", "softmin", "softplus", "softshrink", "softsign"]
+    every_kind = json.loads(run_zoo("list", "*linear", "blob*", "--json").stdout)
+    assert [(row["kind"], row["name"]) for row in every_kind] == [
+        ("layers", "einsum_linear"), ("layers", "linear"), ("layers", "param_linear"),
+        ("datasets", "blobs"), ("datasets", "linear"), ("datasets", "nonlinear")]
+    assert_one_line_error(run_zoo("list", "layers", "zz*", "qq*"), "no layer matches 'zz*' or 'qq*'")
+    assert "[KIND] [PATTERN]..." in run_zoo("list", "--help").stdout
+
+
+def test_an_alias_with_arguments_says_what_it_means():
+    shown = run_zoo("show", "gelu_tanh").stdout
+    assert "  alias:        gelu_tanh = gelu(approximate='tanh')\n" in shown
+    assert "  aliases:      gelu_tanh = gelu(approximate='tanh')\n" in shown
+    assert "  aliases:      swish = silu\n" in run_zoo("show", "silu").stdout
+    assert "gelu (gelu_tanh: approximate='tanh')  " in run_zoo("list", "activations", "gelu*").stdout
+    (row,) = json.loads(run_zoo("list", "activations", "gelu", "--json").stdout)
+    assert row["aliases"] == ["gelu_tanh"] and row["alias_arguments"] == {"gelu_tanh": {"approximate": "tanh"}}
+    (info,) = json.loads(run_zoo("show", "gelu", "--kind", "activations", "--json").stdout)
+    assert info["alias_arguments"] == {"gelu_tanh": {"approximate": "tanh"}}
+
+
+def test_a_suggestion_is_made_once_even_when_several_kinds_know_the_name():
+    result = run_zoo("show", "sofplus")  # softplus is an activation and a lowering (aten op)
+    assert_one_line_error(result, "did you mean 'softplus',")
+    assert result.stderr.count("'softplus'") == 1
+    assert sorted(UnknownNameError("plugin", "relu7", ["relu6", "relu6", "relu"]).suggestions) == ["relu", "relu6"]
+
+
+def test_a_dataset_plugin_without_the_contract_says_what_it_lacks_and_where_it_is_written(third_party):
+    third_party("zoo-bare-data", {"zoo.datasets": {"bare": "bare_data:bare"}}, {"bare_data.py": """
+        import types
+
+        import torch
+
+        def bare(seed=0, device="cpu"):
+            x = torch.linspace(-1, 1, 8).unsqueeze(1)
+            return types.SimpleNamespace(x=x, y=2 * x, task="regression")  # no name, no params
+    """})
+    result = run_zoo("train", "linear_regression", "--dataset", "bare")
+    assert_one_line_error(result, "without name, params", "'Writing a plugin' in zoo's README")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    plugins = readme[readme.index("\n## Writing a plugin\n"):]
+    plugins = plugins[: plugins.index("\n## ", 1)]
+    for attribute in ("`x`", "`y`", "`task`", "`name`", "`params`"):
+        assert attribute in plugins, attribute
 
 
 def test_show_prints_the_real_parameters_with_defaults():

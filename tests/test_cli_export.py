@@ -223,7 +223,7 @@ def test_bad_export_input_is_one_line(capsys, checkpoint, tmp_path, args, fragme
             ("expected input of shape (batch, 3) float32, got (4, 2)",),
         ),
         (("predict", "{model}", "--input", "{tmp}/words.npy"), ("(batch, 3) float32", "dtype <U")),
-        (("predict", "{model}", "--input", "{tmp}/truncated.onnx"), ("cannot read", "as a .npy array")),
+        (("predict", "{model}", "--input", "{tmp}/truncated.onnx"), ("truncated.onnx is not a .npy file",)),
         (("predict", "{model}", "--input", "{tmp}/none.npy"), ("no such input file",)),
         (("predict", "{model}", "1", "2", "3", "-o", "{tmp}/x.npy/y.npy"), ("x.npy is a file, not a directory",)),
         (("predict", "{model}", "1", "2", "3", "-o", "{tmp}/adir"), ("cannot write", "adir: it is a directory")),
@@ -235,18 +235,21 @@ def test_bad_export_input_is_one_line(capsys, checkpoint, tmp_path, args, fragme
         ),
         (("predict", "{model}"), ("either as VALUES or with --input",)),
         (("predict", "{model}", "1", "--jsno"), ("'--jsno' is not a valid float",)),
+        (("predict", "{ckpt}", "1"), ("is a torch checkpoint", "export it first with `zoo export", "-o mlp3.onnx`")),
+        (("predict", "{model}", "--input", "{tmp}/rows.txt"), ("rows.txt is not a .npy file", "numpy.save(")),
         (("verify", "{tmp}"), ("is not a bundle: no manifest.json",)),
         (("verify", "{tmp}/nowhere"), ("no such bundle",)),
     ],
 )
-def test_bad_predict_and_verify_input_is_one_line(capsys, bundle, tmp_path, args, fragments):
+def test_bad_predict_and_verify_input_is_one_line(capsys, bundle, checkpoint, tmp_path, args, fragments):
     (tmp_path / "truncated.onnx").write_bytes((bundle / "model.onnx").read_bytes()[:300])
+    (tmp_path / "rows.txt").write_text("1 2 3\n4 5 6\n")
     np.save(tmp_path / "x.npy", np.zeros((4, 2), np.float32))
     np.save(tmp_path / "words.npy", np.array([["a", "b", "c"]]))
     np.save(tmp_path / "empty.npy", np.zeros((0, 3), np.float32))
     (tmp_path / "adir").mkdir()
     before = sorted(os.listdir(tmp_path))
-    args = [a.format(tmp=tmp_path, model=bundle / "model.onnx") for a in args]
+    args = [a.format(tmp=tmp_path, model=bundle / "model.onnx", ckpt=checkpoint) for a in args]
     assert_one_line_error(zoo_here(capsys, *args), *fragments)
     assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "adir") == []
 
@@ -258,6 +261,20 @@ def test_export_creates_missing_directories_and_replaces_only_with_force(capsys,
     assert_one_line_error(again, f"{out} already exists; pass --force to replace it")
     assert "overwrite=True" not in again.stderr
     assert zoo_here(capsys, "export", str(checkpoint), "-o", str(out), "--force").returncode == 0
+
+
+def test_static_batch_says_its_size_and_takes_the_one_asked_for(capsys, checkpoint, tmp_path):
+    shown = zoo_here(capsys, "export", str(checkpoint), "-o", str(tmp_path / "two.onnx"), "--static-batch")
+    assert "(opset 17, torchscript, float32, static batch of 2 rows)" in shown.stdout, shown.stderr
+    assert OnnxModel(tmp_path / "two.onnx").input_shape == (2, 3)
+    chosen = zoo_here(capsys, "export", str(checkpoint), "-o", str(tmp_path / "five.onnx"), "--static-batch", "5",
+                      "--json")
+    summary = json.loads(chosen.stdout)
+    assert summary["dynamic_batch"] is False and summary["static_batch"] == 5 and summary["parity"]["ok"] is True
+    assert OnnxModel(tmp_path / "five.onnx").input_shape == (5, 3)
+    assert "at N rows (2 when N is not given)" in " ".join(zoo_here(capsys, "export", "--help").stdout.split())
+    assert_one_line_error(zoo_here(capsys, "export", str(checkpoint), "-o", str(tmp_path / "z.onnx"),
+                                   "--static-batch", "0"), "--static-batch")
 
 
 def test_export_of_an_onnx_file_says_it_is_no_checkpoint(capsys, bundle, tmp_path):

@@ -75,17 +75,18 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, dic
 
 @pytest.fixture(scope="module")
 def broken_run(cli_run, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, dict]:
-    """`zoo run --jobs 2` with a third-party distribution whose activations fail at each stage.
+    """`zoo run --jobs 2 --force` with a third-party distribution whose activations fail at each stage.
 
-    OUT already holds a bundle named like a failing row, as an earlier run would have left it.
+    OUT already holds an earlier run (cli_run's), with a bundle named like a failing row besides.
     """
     site = write_distribution(tmp_path_factory.mktemp("site"), "zoo-test-broken", {"zoo.activations": BROKEN},
                               {"zoo_test_broken.py": BROKEN_MODULE})
     out = tmp_path_factory.mktemp("broken") / "zoo-out"
+    shutil.copytree(cli_run[0], out)
     shutil.copytree(cli_run[0] / "models" / "mlp-relu", out / "models" / "mlp-two_faced")
     args = [a for name in ("linreg-linear", "mlp-relu", *(f"mlp-{n}" for n in BROKEN)) for a in ("--only", name)]
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    result = run_zoo("run", "-o", str(out), *args, "--jobs", "2", env=env)
+    result = run_zoo("run", "-o", str(out), *args, "--jobs", "2", "--force", env=env)
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
     return out, result, report
 
@@ -191,6 +192,7 @@ def test_failing_plugins_become_failed_rows_not_a_crash(broken_run) -> None:
         assert "\n" not in row["error"]
         assert not (out / "models" / name).exists()  # nothing half-written, no stale bundle passing for this run
     assert rows["mlp-two_faced"]["worst_ratio"] > 1
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["linreg-linear", "mlp-relu"]  # no mlp-relu6 of before
     assert "mlp-no_export failed (export): " in result.stdout
     assert "`mlp-broken_import` failed (build): " in (out / "report.md").read_text()
     assert png_size(out / "activations.png")  # drawn for the activations that built

@@ -102,11 +102,31 @@ def test_bad_name_raises_before_anything_is_written(tmp_path: Path) -> None:
 def test_training_curves_png(tmp_path: Path) -> None:
     panels = {"regression": {"linear (default)": [4.0, 1.2, 1.0]},
               "mlp": {f"act{i}": [1.0 / (e + i + 1) for e in range(10)] for i in range(30)}}
-    width, height = png_size(plots.plot_training(panels, tmp_path / "training.png"))
+    width, height = png_size(plots.plot_training(panels, tmp_path / "training.png", notes={"mlp": "a caption"}))
     assert width >= 1200 and height >= 400
     with pytest.raises(BadArgumentsError):
         plots.plot_training({"empty": {}}, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_many_loss_curves_grey_the_typical_ones_and_name_each_outlier() -> None:
+    curves = {f"act{i}": [1.0, 0.1, 0.010 + i / 10_000] for i in range(26)}
+    curves["stuck"] = [40.0, 0.75, 0.75, 0.75]  # a net that stopped learning at epoch 2
+    curves["slow"] = [1.0, 0.5, 0.05]
+    styles = plots.curve_styles(curves)
+    assert {label for label, style in styles.items() if style.highlighted} == {"stuck", "slow"}
+    assert styles["stuck"].label == "stuck: 0.75, flat from epoch 2" and styles["slow"].label == "slow: 0.05"
+    assert styles["stuck"].color != styles["slow"].color
+    assert {style.color for style in styles.values() if not style.highlighted} == {plots.MUTED}
+
+
+def test_no_two_highlighted_curves_look_alike() -> None:
+    few = plots.curve_styles({f"c{i}": [1.0, 0.5] for i in range(plots.MANY_CURVES)})
+    assert len({(s.color, s.linestyle) for s in few.values()}) == plots.MANY_CURVES
+    many = {f"ok{i}": [1.0, 0.01] for i in range(20)} | {f"bad{i}": [1.0, 0.5 + i / 100] for i in range(15)}
+    highlighted = [s for s in plots.curve_styles(many).values() if s.highlighted]
+    assert len(highlighted) == 15 and len({(s.color, s.linestyle) for s in highlighted}) == 15
+    assert plots.MUTED not in {s.color for s in highlighted}
 
 
 def test_zoo_plot_writes_the_subset_asked_for(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ SUBSTITUTES = {
     "zoo run --device cuda": "zoo run --device auto --only linreg-linear -o zoo-cuda",  # no GPU needed
     "zoo run --jobs N": "zoo run --jobs 1 --only linreg-linear -o zoo-jobs",
     "zoo run --cluster local --jobs 2": "zoo run --cluster local --jobs 2 --only linreg-linear -o zoo-cluster",
+    "zoo run --only 'mlp-[a-g]*'": "zoo run --only 'mlp-[a-g]*' -o zoo-share",  # zoo-out holds the first run
     "zoo export -o m.onnx": "zoo export lin.pt -o m.onnx",
     "zoo export --test-data -o DIR": "zoo export lin.pt --test-data -o DIR",
     "zoo export --compute float64": "zoo export lin.pt --compute float64 -o lin64.onnx",

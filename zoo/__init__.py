@@ -66,9 +66,13 @@ def _module_check(built: Any) -> str | None:
 
 
 def _dataset_check(built: Any) -> str | None:
-    missing = [a for a in ("x", "y", "task") if not hasattr(built, a)]
-    return f"{_article(type(built).__name__)} without {', '.join(missing)}" if missing else None
+    missing = [a for a in DATASET_ATTRIBUTES if not hasattr(built, a)]
+    return (f"{_article(type(built).__name__)} without {', '.join(missing)} ({DATASET_CONTRACT})"
+            if missing else None)
 
+
+DATASET_ATTRIBUTES = ("x", "y", "task", "name", "params")
+DATASET_CONTRACT = "a dataset has x, y, task, name and params: see 'Writing a plugin' in zoo's README"
 
 activations = Registry(
     "activations",

@@ -72,17 +72,19 @@ def cli() -> None:
     """Small PyTorch models from named plugins: build, train, export to ONNX, prove parity."""
 
 
-def _listing(kind: str, pattern: str | None, check: bool) -> list[dict[str, Any]]:
+def _listing(kind: str, patterns: Sequence[str], check: bool) -> list[dict[str, Any]]:
     registry = zoo.registries[kind]
     rows = []
     for name, sources in registry.sources():
         aliases = registry.aliases_of(name)
-        if pattern and not any(fnmatch.fnmatch(n.lower(), pattern.lower()) for n in (name, *aliases)):
+        if patterns and not any(fnmatch.fnmatch(n.lower(), pattern.lower())
+                                for n in (name, *aliases) for pattern in patterns):
             continue
         row: dict[str, Any] = {
             "kind": kind,
             "name": name,
             "aliases": list(aliases),
+            "alias_arguments": _alias_arguments(registry, name),
             "description": sources[0].description(),
             "target": sources[0].target,
             "distribution": f"{sources[0].distribution} {sources[0].version}".strip(),
@@ -101,37 +103,50 @@ def _listing(kind: str, pattern: str | None, check: bool) -> list[dict[str, Any]
     return rows
 
 
-def _kinds_and_pattern(kind: str | None, pattern: str | None) -> tuple[list[str], str | None]:
-    """`zoo list` arguments as (kinds to list, name pattern): a lone argument with a wildcard is a pattern."""
-    if kind is None:
-        return list(KINDS), pattern
-    if kind.lower() in KINDS:
-        return [kind.lower()], pattern
-    if pattern is None and any(char in kind for char in "*?["):
-        return list(KINDS), kind
-    raise UnknownNameError("kind", kind, KINDS)
+def _alias_arguments(registry: zoo.Registry, name: str) -> dict[str, dict[str, Any]]:
+    """The aliases of the registered `name` that imply keyword arguments, with them: {"gelu_tanh": {...}}."""
+    table = registry.aliases()
+    return {alias: dict(table[alias][1]) for alias in registry.aliases_of(name) if table[alias][1]}
+
+
+def _arguments(kwargs: dict[str, Any]) -> str:
+    """Keyword arguments as written in Python: approximate='tanh'."""
+    return ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
+
+
+def _kinds_and_patterns(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`zoo list` arguments as (kinds to list, name patterns): KIND first, or patterns alone when the first has a wildcard."""
+    if not arguments:
+        return list(KINDS), []
+    first, *rest = arguments
+    if first.lower() in KINDS:
+        return [first.lower()], rest
+    if any(char in first for char in "*?["):
+        return list(KINDS), list(arguments)
+    raise UnknownNameError("kind", first, KINDS)
 
 
 @cli.command("list")
-@click.argument("kind", required=False, metavar="[KIND]")
-@click.argument("pattern", required=False, metavar="[PATTERN]")
+@click.argument("arguments", nargs=-1, metavar="[KIND] [PATTERN]...")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--check", is_flag=True,
               help="Import every plugin; exit status 1 when one fails to load or two claim one name.")
-def list_command(kind: str | None, pattern: str | None, as_json: bool, check: bool) -> None:
+def list_command(arguments: tuple[str, ...], as_json: bool, check: bool) -> None:
     """List plugins with their aliases and a one-line description: every KIND, or one.
 
     \b
-    KIND is activations, layers, models, datasets or lowerings. PATTERN keeps the names (or aliases) that
-    match a shell wildcard, e.g. `zoo list activations 'soft*'`; alone, it filters every kind.
+    KIND is activations, layers, models, datasets or lowerings. Each PATTERN is a shell wildcard;
+    the names (or aliases) that match any of them are kept, e.g. `zoo list activations 'soft*' 'relu*'`.
+    Without KIND (the first PATTERN has a wildcard) they filter every kind: `zoo list '*linear*'`.
+    An alias that implies arguments shows them: gelu (gelu_tanh: approximate='tanh').
     Reads package metadata and plugin sources only (fast, imports no plugin) unless --check is
     given; until then a plugin's status is "unchecked".
     """
-    kinds, pattern = _kinds_and_pattern(kind, pattern)
-    rows = [row for k in kinds for row in _listing(k, pattern, check)]
+    kinds, patterns = _kinds_and_patterns(arguments)
+    rows = [row for k in kinds for row in _listing(k, patterns, check)]
     if not rows:
         what = zoo.registries[kinds[0]].singular if len(kinds) == 1 else "plugin"
-        raise ZooError(f"no {what} matches {pattern!r} (see `zoo list`)")
+        raise ZooError(f"no {what} matches {' or '.join(map(repr, patterns))} (see `zoo list`)")
     if as_json:
         emit_json(rows)
     else:
@@ -146,13 +161,20 @@ def _print_listing(rows: list[dict[str, Any]]) -> None:
     for current in dict.fromkeys(row["kind"] for row in rows):
         group = [row for row in rows if row["kind"] == current]
         click.secho(f"{current} ({len(group)})", bold=True)
-        names = [row["name"] + (f" ({', '.join(row['aliases'])})" if row["aliases"] else "") for row in group]
+        names = [_named(row) for row in group]
         width = max(map(len, names))
         for name, row in zip(names, group):
             problem = row["status"] in ("broken", "conflict")
             status = click.style(f"  [{row['status']}] {row['error']}", fg="red") if problem else ""
             click.echo(f"  {name:<{width}}  {row['description'] or '-'}  "
                        f"[{row['target']}, {row['distribution']}]{status}")
+
+
+def _named(row: dict[str, Any]) -> str:
+    """A listed name with its aliases, each with the arguments it implies: gelu (gelu_tanh: approximate='tanh')."""
+    implied = row["alias_arguments"]
+    aliases = [f"{alias}: {_arguments(implied[alias])}" if alias in implied else alias for alias in row["aliases"]]
+    return row["name"] + (f" ({', '.join(aliases)})" if aliases else "")
 
 
 @cli.command("show")
@@ -167,20 +189,32 @@ def show_command(name: str, kind: str | None, as_json: bool) -> None:
         known = [n for k in kinds for n in zoo.registries[k].names()]
         raise UnknownNameError(zoo.registries[kind].singular if kind else "plugin", name, known)
     lowered = {info.kind: _lowerings_used(info) for info in found}
+    implied = {info.kind: _alias_arguments(zoo.registries[info.kind], info.name) for info in found}
     if as_json:
-        emit_json([{**info.to_json(), "lowerings": lowered[info.kind]} for info in found])
+        emit_json([{**info.to_json(), "alias_arguments": implied[info.kind], "lowerings": lowered[info.kind]}
+                   for info in found])
         return
     for info in found:
         click.secho(f"{info.name} ({info.kind})", bold=True)
+        key = zoo.registries[info.kind].key
+        meanings = {alias: _alias_meaning(info.name, alias, implied[info.kind]) for alias in info.aliases}
+        asked = next((meaning for alias, meaning in meanings.items() if key(alias) == key(name)), None)
+        if asked:
+            click.echo(f"  alias:        {asked}")
         click.echo(f"  target:       {info.target}")
         click.echo(f"  distribution: {info.distribution} {info.version}".rstrip())
         click.echo(f"  signature:    {info.name}{info.signature}")
-        if info.aliases:
-            click.echo(f"  aliases:      {', '.join(info.aliases)}")
+        if meanings:
+            click.echo(f"  aliases:      {', '.join(meanings.values())}")
         if lowered[info.kind] is not None:
             used = "; ".join(lowered[info.kind]) or "upstream's lowering (no zoo.onnx lowering applies)"
             click.echo(f"  exports with: {used}")
         click.echo(f"  {info.doc}")
+
+
+def _alias_meaning(name: str, alias: str, implied: dict[str, dict[str, Any]]) -> str:
+    """What an alias of `name` stands for: `gelu_tanh = gelu(approximate='tanh')`, or `swish = silu`."""
+    return f"{alias} = {name}({_arguments(implied[alias])})" if alias in implied else f"{alias} = {name}"
 
 
 def _lowerings_used(info: zoo.PluginInfo) -> list[str] | None:
@@ -236,10 +270,10 @@ def train_command(model_name: str, output: str | None, as_json: bool, quiet: boo
     Small models train with one torch thread, larger ones with one per physical core; set
     OMP_NUM_THREADS=N to choose.
     """
+    if output:  # before training, and before torch loads (seconds): a bad path is refused at once
+        check_output(output, suffixes=CHECKPOINT_SUFFIXES, what="a checkpoint")
     from zoo.distributed import is_main
 
-    if output:
-        check_output(output, suffixes=CHECKPOINT_SUFFIXES, what="a checkpoint")  # before training, not after
     model, result = train_from_options(model_name, progress=False if quiet or as_json else None, **options)
     if not is_main():  # under torchrun, rank 0 alone writes the checkpoint and prints
         return

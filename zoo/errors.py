@@ -24,7 +24,7 @@ class UnknownNameError(ZooError, KeyError):
 
     def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
         self.kind, self.name = kind, name
-        self.known = sorted(known)
+        self.known = sorted(set(known))  # one name may be known to several registries (softplus)
         self.suggestions = difflib.get_close_matches(str(name), self.known, n=3, cutoff=0.5)
         super().__init__(kind, name)
 

@@ -10,6 +10,8 @@ import io
 import math
 import os
 import pathlib
+import statistics
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,10 +28,13 @@ from zoo.errors import BadArgumentsError, ZooError
 from zoo.files import write_atomic
 from zoo.models import parse_part, seeded
 
-__all__ = ["ActivationCurve", "activation_curve", "activation_specs", "plot_activations",
-           "plot_training"]
+__all__ = ["ActivationCurve", "CurveStyle", "activation_curve", "activation_specs", "curve_styles",
+           "plot_activations", "plot_training"]
 
 COLUMNS = 6
+MANY_CURVES = 10  # past this many curves in a panel, only the outliers get a colour of their own
+OUTLIER_RATIO = 1.5  # an outlier ends above this multiple of the panel's median final loss
+MUTED = "0.75"  # the grey of the typical curves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,31 +127,89 @@ def plot_activations(specs: Sequence[str], path: str | os.PathLike[str], *,
     return _save(fig, path)
 
 
-def plot_training(panels: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike[str]) -> pathlib.Path:
+@dataclasses.dataclass(frozen=True)
+class CurveStyle:
+    """How one loss curve is drawn: its colour, line style, legend label, and whether it stands out."""
+
+    color: Any
+    linestyle: str
+    label: str
+    highlighted: bool
+
+
+def curve_styles(curves: Mapping[str, Sequence[float]]) -> dict[str, CurveStyle]:
+    """A style per curve: a colour of its own for up to MANY_CURVES curves; past that, grey for the typical ones.
+
+    With many curves, one ending above OUTLIER_RATIO x the median final loss is an outlier: it keeps
+    a colour (and a line style once the colours run out), and its label gives the final loss and,
+    when it stopped moving, the epoch it went flat from. No two highlighted curves look alike.
+    """
+    finals = {label: history[-1] for label, history in curves.items()}
+    if len(curves) <= MANY_CURVES:
+        return {label: _highlight(i, label) for i, label in enumerate(curves)}
+    median = statistics.median(finals.values())
+    styles, outliers = {}, 0
+    for label, history in curves.items():
+        if finals[label] > OUTLIER_RATIO * median:
+            flat = _flat_from(history)
+            text = f"{label}: {finals[label]:.3g}" + (f", flat from epoch {flat}" if flat else "")
+            styles[label] = _highlight(outliers, text)
+            outliers += 1
+        else:
+            styles[label] = CurveStyle(MUTED, "-", label, highlighted=False)
+    return styles
+
+
+def _highlight(index: int, label: str) -> CurveStyle:
+    """The index-th distinct look: tab10's colours, then the same colours dashed, dotted, dash-dotted."""
+    colors = plt.get_cmap("tab10")
+    styles = ["-", "--", ":", "-."]
+    return CurveStyle(colors(index % colors.N), styles[(index // colors.N) % len(styles)], label, highlighted=True)
+
+
+def _flat_from(history: Sequence[float]) -> int | None:
+    """The epoch (1-based) from which the loss stayed within 1% of its final value, when that is 2 epochs or more."""
+    final = history[-1]
+    start = len(history)
+    while start > 0 and abs(history[start - 1] - final) <= 0.01 * abs(final):
+        start -= 1
+    return start + 1 if start + 2 <= len(history) else None
+
+
+def plot_training(panels: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike[str], *,
+                  notes: Mapping[str, str] | None = None) -> pathlib.Path:
     """Draw loss-per-epoch curves, one panel per title in `panels` ({title: {label: history}}), into a PNG.
+
+    Each curve is styled by `curve_styles`: a panel of many curves greys the typical ones and names the
+    outliers. `notes` ({title: text}) puts a caption under a panel.
 
     A history is `zoo.train`'s: the loss over all rows, model in eval mode, after each epoch.
     """
     panels = {title: curves for title, curves in panels.items() if curves}
     if not panels:
         raise BadArgumentsError("no loss history to plot")
-    fig, axes = plt.subplots(1, len(panels), figsize=(8.5 * len(panels), 5.2), squeeze=False, layout="constrained")
-    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(panels), figsize=(8.5 * len(panels), 5.6), squeeze=False, layout="constrained")
     for ax, (title, curves) in zip(axes[0], panels.items()):
-        colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10")
-        for i, (label, history) in enumerate(curves.items()):
-            ax.plot(range(1, len(history) + 1), history, label=label, lw=1.3,
-                    color=colors(i % colors.N), ls=styles[(i // colors.N) % len(styles)])
+        styles = curve_styles(curves)
+        # The grey curves first, so that the coloured ones are drawn over them.
+        for label, history in sorted(curves.items(), key=lambda item: styles[item[0]].highlighted):
+            style = styles[label]
+            ax.plot(range(1, len(history) + 1), history, label=style.label if style.highlighted else None,
+                    color=style.color, ls=style.linestyle, lw=1.6 if style.highlighted else 0.9)
+        muted = [label for label, style in styles.items() if not style.highlighted]
+        if muted:
+            median = statistics.median(history[-1] for history in curves.values())
+            ax.plot([], [], color=MUTED, lw=0.9, label=f"the other {len(muted)}: final loss at most "
+                                                       f"{OUTLIER_RATIO:g}x the median {median:.3g}")
         ax.set_yscale("log")
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss on all rows after the epoch (log scale)")
         ax.grid(alpha=0.3, which="both")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if len(curves) > 8:  # many curves: the legend goes beside the axes, in two columns past 14
-            ax.legend(fontsize=7, ncols=2 if len(curves) > 14 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        else:
-            ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="upper right")
+        if notes and notes.get(title):
+            ax.text(0, -0.13, textwrap.fill(notes[title], 120), transform=ax.transAxes, va="top", fontsize=8)
     fig.suptitle("Training loss per epoch", fontsize=12)
     return _save(fig, path)
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo import cpus, distributed
+from zoo import DATASET_ATTRIBUTES, DATASET_CONTRACT, cpus, distributed
 from zoo.errors import BadArgumentsError, DeviceError, DivergenceError, TrainingError, UnknownNameError
 from zoo.models import seeded
 from zoo.progress import ProgressBar, wanted
@@ -287,9 +287,9 @@ def _check_number(label: str, value: Any, *, positive: bool) -> None:
 
 
 def _criterion(data: Any) -> nn.Module:
-    missing = [attr for attr in ("x", "y", "task", "name", "params") if not hasattr(data, attr)]
+    missing = [attr for attr in DATASET_ATTRIBUTES if not hasattr(data, attr)]
     if missing:
-        raise BadArgumentsError(f"data must be a zoo dataset (x, y, task, name, params); it lacks {', '.join(missing)}")
+        raise BadArgumentsError(f"data must be a zoo dataset ({DATASET_CONTRACT}); it lacks {', '.join(missing)}")
     if data.task not in CRITERIA:
         raise TrainingError(f"dataset {data.name!r} has task {data.task!r}; zoo trains {', '.join(CRITERIA)}")
     if data.x.dim() != 2 or data.y.dim() != 2 or len(data.x) != len(data.y) or len(data.x) == 0:

@@ -12,7 +12,7 @@ from .backends import RUNTIMES, RuntimeLoadError, RuntimeMissingError
 from .compare import OutputVerdict, Tolerance, compare_output
 from .model import InputError, ModelFileError, OnnxModel
 from .tensor_proto import TensorProtoError, encode_tensor, read_tensor
-from .verify import BundleDamagedError, BundleError, BundleMismatchError, VerifyReport, verify_bundle
+from .verify import BundleDamagedError, BundleError, BundleMismatchError, VerifyReport, is_bundle, verify_bundle
 
 __all__ = [
     "RUNTIMES",
@@ -30,6 +30,7 @@ __all__ = [
     "VerifyReport",
     "compare_output",
     "encode_tensor",
+    "is_bundle",
     "read_tensor",
     "verify_bundle",
 ]

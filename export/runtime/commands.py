@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pathlib
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -80,6 +81,9 @@ def predict(
         raise UsageError("give the input either as VALUES or with --input x.npy (one of them)")
     if output is not None:
         check_output(output)
+    if _is_torch_archive(model_path):
+        raise CommandError(f"{model_path} is a torch checkpoint (as `zoo train -o` writes), not an ONNX model: "
+                           f"export it first with `zoo export {model_path} -o {model_path.with_suffix('.onnx').name}`")
     model = OnnxModel(model_path / MODEL_FILE if model_path.is_dir() else model_path)
     x = read_input(input_path) if input_path is not None else rows(model, values)
     outputs = model.run_all(x)
@@ -112,11 +116,27 @@ def rows(model: OnnxModel, values: Sequence[float]) -> np.ndarray:
     return np.array(values, dtype=np.float64).reshape(-1, shape[1])
 
 
+def _is_torch_archive(path: pathlib.Path) -> bool:
+    """Whether ``path`` is a torch.save file (a zip archive holding data.pkl), as `zoo train -o` writes; read, not loaded."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def read_input(path: pathlib.Path) -> np.ndarray:
     """The array in a .npy file, or in a TensorProto .pb file."""
     if path.suffix == ".pb":
         return read_tensor(path).array
     try:
+        with path.open("rb") as handle:
+            head = handle.read(len(np.lib.format.MAGIC_PREFIX))
+        if head != np.lib.format.MAGIC_PREFIX and not zipfile.is_zipfile(path):
+            raise CommandError(
+                f"{path} is not a .npy file: write the input rows with numpy.save('x.npy', rows) "
+                f"(from a text table: rows = numpy.loadtxt('{path}', ndmin=2))"
+            )
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise CommandError(f"{path}: no such input file") from None

@@ -29,7 +29,7 @@ from .integrity import MANIFEST, Damage, damage, listing_problem, some
 from .model import InputError, ModelFileError, OnnxModel
 from .tensor_proto import TensorProtoError, read_tensor
 
-__all__ = ["BundleDamagedError", "BundleError", "BundleMismatchError", "VerifyReport", "jsonable", "verify_bundle"]
+__all__ = ["BundleDamagedError", "BundleError", "BundleMismatchError", "VerifyReport", "is_bundle", "jsonable", "verify_bundle"]
 
 FORMAT = "zoo-bundle"
 FORMAT_VERSION = 4  # 3: the manifest's `files` table covers every file; 4: both tiers of the tolerance
@@ -194,6 +194,15 @@ def bundle_dir(path: str | os.PathLike[str]) -> pathlib.Path:
             f"{path} is not a bundle: no {MANIFEST} (write one with `zoo export ... --test-data`)"
         )
     return root
+
+
+def is_bundle(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory holding a zoo bundle manifest (of any format version)."""
+    try:
+        manifest = json.loads((pathlib.Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 def load_manifest(root: pathlib.Path) -> dict[str, Any]:
