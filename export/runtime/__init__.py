@@ -12,7 +12,14 @@ from .backends import RUNTIMES, RuntimeLoadError, RuntimeMissingError
 from .compare import OutputVerdict, Tolerance, compare_output
 from .model import InputError, ModelFileError, OnnxModel
 from .tensor_proto import TensorProtoError, encode_tensor, read_tensor
-from .verify import BundleDamagedError, BundleError, BundleMismatchError, VerifyReport, is_bundle, verify_bundle
+from .verify import (
+    BundleDamagedError,
+    BundleError,
+    BundleMismatchError,
+    VerifyReport,
+    is_bundle,
+    verify_bundle,
+)
 
 __all__ = [
     "RUNTIMES",
