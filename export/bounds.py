@@ -788,7 +788,8 @@ def _glu(mode: _BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) -> Bo
         if bound.local is not None:
             la, lb = bound.local.chunk(2, dim)
             local = s * s * la + (a * slope) ** 2 * lb
-        rounding = _quadrature(_kernel(mode, out.abs()), _rounding(mode, out.abs()))
+        # sigmoid(b) may underflow before a scales it up: |a| times what underflow may lose
+        rounding = _quadrature(_kernel(mode, out.abs()), _rounding(mode, out.abs()), a.abs() * mode.tiny)
         return Bounded(carried + mode.own(out.abs() + carried, KERNEL_ULPS + 1), _quadrature(spread, rounding),
                        allowance, local=local)
 

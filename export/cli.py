@@ -152,7 +152,8 @@ def export_command(
             if keep_on_failure:
                 kept = failed_path(out)
                 raise click.ClickException(f"parity failed; kept the failing {'bundle' if test_data else 'model'} "
-                                           f"as {kept} (worst element at {exc.report.worst_ratio:.3g} of its bound)")
+                                           f"as {kept} (worst element at {exc.report.worst_ratio:.3g} of its worst-case bound, "
+                                           f"{exc.report.worst_statistical:.3g} of its statistical bound)")
             raise
     summary = {
         "path": str(out),
@@ -176,8 +177,8 @@ def export_command(
     computed = f" computed in {summary['compute']}" if summary["compute"] not in (dtype, None) else ""
     click.echo(f"wrote {kind} {out} (opset {opset}, {exporter}, {dtype}{computed}, {batch})")
     click.echo(
-        f"parity: ok, worst element at {_num(parity['worst_ratio'])} of its float error bound "
-        f"over {parity['rows']} probe rows"
+        f"parity: ok, worst element at {_num(parity['worst_ratio'])} of its worst-case bound and "
+        f"{_num(parity['worst_statistical'])} of its statistical bound over {parity['rows']} probe rows"
     )
     if not parity.get("torch_ok", True):
         click.echo("note: torch eager on this machine is outside the bound somewhere (its kernel, not the "

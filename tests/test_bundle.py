@@ -26,6 +26,7 @@ from export.runtime import (
     read_tensor,
     verify_bundle,
 )
+from export.runtime.verify import FORMAT_VERSION
 
 
 def tanh_mlp(seed: int = 0, **kwargs) -> nn.Module:
@@ -70,7 +71,7 @@ def test_layout_and_manifest(bundle):
     assert sorted(os.listdir(out)) == sorted(["manifest.json", "model.onnx", *(f"test_data_set_{i}" for i in range(sets))])
     assert sorted(os.listdir(out / "test_data_set_0")) == ["allowance_0.pb", "bound_0.pb", "input_0.pb", "output_0.pb",
                                                                     "reference_0.pb", "spread_0.pb"]
-    assert manifest["format"] == "zoo-bundle" and manifest["format_version"] == 3
+    assert manifest["format"] == "zoo-bundle" and manifest["format_version"] == FORMAT_VERSION
     every_file = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert sorted(manifest["files"]) == [f for f in every_file if f != "manifest.json"]
     for name, listed in manifest["files"].items():
@@ -242,8 +243,8 @@ def test_the_nan_inf_pattern_must_match_exactly(copy, swap):
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        (lambda m: m.update(format_version=4), "upgrade zoo"),
-        (lambda m: m.update(format_version=2), "re-export the bundle"),  # before every file was listed
+        (lambda m: m.update(format_version=FORMAT_VERSION + 1), "upgrade zoo"),
+        (lambda m: m.update(format_version=3), "re-export the bundle"),  # before the second tier
         (lambda m: m.pop("files"), "'files' table is missing"),
         (lambda m: m["files"]["model.onnx"].pop("sha256"), "no sha256 and size for 'model.onnx'"),
         (lambda m: m["files"].update({"../model.onnx": m["files"]["model.onnx"]}), "lists '../model.onnx', which is no"),
