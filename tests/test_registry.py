@@ -37,7 +37,8 @@ def test_builtins_are_found_through_entry_points():
     assert set(COURSE_NOTES + REST_OF_TORCH_NN) == set(zoo.activations.names())
     assert zoo.activations.names() == sorted(zoo.activations.names())
     assert zoo.layers.names() == ["einsum_linear", "linear", "param_linear"]
-    assert zoo.list_models() == ["linear_regression", "logistic_regression", "mlp"]
+    assert zoo.list_models() == ["cnn", "cnn1d", "linear_regression", "logistic_regression", "mlp", "resnet",
+                                 "transformer"]
     assert zoo.datasets.names() == ["blobs", "linear", "nonlinear"]
     info = zoo.activations.info("gelu")
     assert (info.target, info.distribution) == ("plugins.activations:GELU", "zoo")

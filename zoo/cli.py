@@ -18,6 +18,7 @@ import click
 import zoo
 from zoo.errors import UnknownNameError, ZooError
 from zoo.files import check_output
+from zoo.models import listed_input_shape
 from zoo.options import CHECKPOINT_SUFFIXES, emit_json, model_training_options, train_from_options
 from zoo.text import plural
 
@@ -87,6 +88,8 @@ def _listing(kind: str, pattern: str | None, check: bool) -> list[dict[str, Any]
             "distribution": f"{sources[0].distribution} {sources[0].version}".strip(),
             "status": registry.status(name),
         }
+        if kind == "models":
+            row["input_shape"] = listed_input_shape(sources[0].defaults())
         if len(sources) > 1:
             row["status"] = "conflict"
             row["error"] = "; ".join(s.describe() for s in sources)
@@ -121,8 +124,9 @@ def list_command(kind: str | None, pattern: str | None, as_json: bool, check: bo
     """List plugins with their aliases and a one-line description: every KIND, or one.
 
     \b
-    KIND is activations, layers, models, datasets or lowerings. PATTERN keeps the names (or aliases) that
-    match a shell wildcard, e.g. `zoo list activations 'soft*'`; alone, it filters every kind.
+    KIND is activations, layers, convs, norms, pools, models, datasets or lowerings. PATTERN keeps the
+    names (or aliases) that match a shell wildcard, e.g. `zoo list activations 'soft*'`; alone, it
+    filters every kind. Models show the shape of one input (the batch axis left out; ? is any length).
     Reads package metadata and plugin sources only (fast, imports no plugin) unless --check is
     given; until then a plugin's status is "unchecked".
     """
@@ -146,12 +150,18 @@ def _print_listing(rows: list[dict[str, Any]]) -> None:
         group = [row for row in rows if row["kind"] == current]
         click.secho(f"{current} ({len(group)})", bold=True)
         names = [row["name"] + (f" ({', '.join(row['aliases'])})" if row["aliases"] else "") for row in group]
-        width = max(map(len, names))
-        for name, row in zip(names, group):
+        shapes = [_shape_text(row["input_shape"]) + "  " if "input_shape" in row else "" for row in group]
+        width, shape_width = max(map(len, names)), max(map(len, shapes))
+        for name, shape, row in zip(names, shapes, group):
             problem = row["status"] in ("broken", "conflict")
             status = click.style(f"  [{row['status']}] {row['error']}", fg="red") if problem else ""
-            click.echo(f"  {name:<{width}}  {row['description'] or '-'}  "
+            click.echo(f"  {name:<{width}}  {shape:<{shape_width}}{row['description'] or '-'}  "
                        f"[{row['target']}, {row['distribution']}]{status}")
+
+
+def _shape_text(shape: list[int | None] | None) -> str:
+    """[1, 32, 32], and ? for an axis of any length; - when unknown."""
+    return "-" if shape is None else "[" + ", ".join("?" if size is None else str(size) for size in shape) + "]"
 
 
 @cli.command("show")
@@ -165,9 +175,11 @@ def show_command(name: str, kind: str | None, as_json: bool) -> None:
     if not found:
         known = [n for k in kinds for n in zoo.registries[k].names()]
         raise UnknownNameError(zoo.registries[kind].singular if kind else "plugin", name, known)
-    lowered = {info.kind: _lowerings_used(info) for info in found}
+    built = {info.kind: _built(info) for info in found}
+    lowered = {kind: _lowerings_used(module) for kind, module in built.items()}
+    meta = {kind: getattr(module, "zoo_meta", None) for kind, module in built.items()}
     if as_json:
-        emit_json([{**info.to_json(), "lowerings": lowered[info.kind]} for info in found])
+        emit_json([{**info.to_json(), "lowerings": lowered[info.kind], "meta": meta[info.kind]} for info in found])
         return
     for info in found:
         click.secho(f"{info.name} ({info.kind})", bold=True)
@@ -176,22 +188,31 @@ def show_command(name: str, kind: str | None, as_json: bool) -> None:
         click.echo(f"  signature:    {info.name}{info.signature}")
         if info.aliases:
             click.echo(f"  aliases:      {', '.join(info.aliases)}")
+        for key, value in (meta[info.kind] or {}).items():
+            shown = _shape_text(value) if key == "input_shape" else value
+            click.echo(f"  {key + ':':<13} {'-' if shown is None else shown}")
         if lowered[info.kind] is not None:
             used = "; ".join(lowered[info.kind]) or "upstream's lowering (no zoo.onnx lowering applies)"
             click.echo(f"  exports with: {used}")
         click.echo(f"  {info.doc}")
 
 
-def _lowerings_used(info: zoo.PluginInfo) -> list[str] | None:
-    """The `zoo.onnx` lowerings a module plugin built with its defaults exports with (None: not a module)."""
+def _built(info: zoo.PluginInfo) -> Any:
+    """An activation or model plugin built with its defaults, to read what it exports with and its meta; else None."""
     if info.kind not in ("activations", "models"):
+        return None
+    try:
+        return zoo.registries[info.kind].create(info.name)
+    except ZooError:
+        return None
+
+
+def _lowerings_used(module: Any) -> list[str] | None:
+    """The `zoo.onnx` lowerings a module plugin built with its defaults exports with (None: not built)."""
+    if module is None:
         return None
     from zoo.op_lowerings import lowerings_used
 
-    try:
-        module = zoo.registries[info.kind].create(info.name)
-    except ZooError:
-        return None
     return [source.describe() for source in lowerings_used(module, zoo.lowerings)]
 
 

@@ -14,7 +14,8 @@ from zoo.registry import Registry
 from zoo.text import article
 
 # Builder parameters whose values are registry names, resolved to factories before the call.
-NAMED_PARTS = {"activation": "activations", "output_activation": "activations", "layer": "layers"}
+NAMED_PARTS = {"activation": "activations", "output_activation": "activations", "layer": "layers",
+               "conv": "convs", "norm": "norms", "pool": "pools", "global_pool": "pools"}
 
 
 def parse_part(text: str) -> tuple[str, dict[str, Any]]:
@@ -111,6 +112,16 @@ def model_meta(name: str, model: Any) -> dict[str, Any]:
         raise BadArgumentsError(f"model {name!r}: zoo_meta['input_shape'] must hold positive sizes or None")
     _check_json(name, meta)
     return meta
+
+
+def listed_input_shape(defaults: dict[str, Any]) -> list[int | None] | None:
+    """The input shape a builder gives with its defaults, for `zoo list` without building: its ``input_shape``
+    default, else ``[in_features]``, the rule model_meta follows (a builder states its input shape so)."""
+    shape = defaults.get("input_shape")
+    if isinstance(shape, (list, tuple)):
+        return list(shape)
+    features = defaults.get("in_features")
+    return [features] if isinstance(features, int) else None
 
 
 def _check_json(name: str, config: dict[str, Any]) -> None:
