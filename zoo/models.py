@@ -93,6 +93,16 @@ META_KEYS = {"task": (str, type(None)), "input_shape": (list,), "classes": (int,
              "dataset": (str, type(None))}
 
 
+# The length an example input gives an axis of any length (None in input_shape): at least 2 (the dynamo
+# exporter specialises a size of 1 to a constant) and unlike the example batch of 2, so no two axes share a size.
+EXAMPLE_LENGTH = 3
+
+
+def example_shape(input_shape: list[int | None], batch: int = 2, length: int = EXAMPLE_LENGTH) -> list[int]:
+    """The shape of an example batch: ``batch`` samples of ``input_shape``, any-length (None) axes ``length`` long."""
+    return [batch, *(length if size is None else size for size in input_shape)]
+
+
 def model_meta(name: str, model: Any) -> dict[str, Any]:
     """The builder's ``model.zoo_meta`` checked and completed (absent keys are None; the input shape
     defaults to ``[in_features]``); BadArgumentsError names a malformed entry."""
