@@ -24,7 +24,7 @@ AXES = {1: "(channels, length)", 2: "(channels, height, width)"}  # input_shape 
 def cnn(
     input_shape: Sequence[int] = (1, 32, 32),
     classes: int = 4,
-    widths: Sequence[int] = (16, 32),
+    widths: Sequence[int] = (16, 32, 64),
     conv: Factory | str = "conv",
     norm: Factory | str | None = "batch_norm",
     activation: Factory | str = "relu",
@@ -37,9 +37,9 @@ def cnn(
 
 
 def cnn1d(
-    input_shape: Sequence[int] = (1, 64),
+    input_shape: Sequence[int] = (1, 40),
     classes: int = 10,
-    widths: Sequence[int] = (16, 32),
+    widths: Sequence[int] = (16, 32, 64),
     conv: Factory | str = "conv",
     norm: Factory | str | None = "batch_norm",
     activation: Factory | str = "relu",

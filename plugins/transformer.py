@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from plugins.models import Factory, is_size, width_after
@@ -30,7 +31,10 @@ def transformer(
     layer: Factory | str = "linear",
 ) -> nn.Module:
     """A small transformer encoder for (length, vocabulary) one-hot tokens: token and position embeddings,
-    pre-norm blocks of multi-head self-attention and an MLP, logits for every position."""
+    pre-norm blocks of multi-head self-attention and an MLP, logits for every position.
+
+    It also takes token ids (N, L) of an integer dtype, one-hot encoded first; the ONNX export takes the
+    one-hot floats. A sequence may be at most ``max_length`` long."""
     return Transformer(input_shape, classes, width, depth, heads, mlp_ratio, max_length, norm, activation, layer)
 
 
@@ -46,6 +50,7 @@ class Transformer(nn.Module):
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
         length, vocabulary = _check_shape(input_shape, max_length)
         super().__init__()
+        self.vocabulary = vocabulary
         self.embed = layer(vocabulary, width, True)  # a linear layer on one-hot tokens is an embedding table
         self.position = nn.Embedding(max_length, width)
         nn.init.normal_(self.position.weight, std=0.02)
@@ -56,6 +61,8 @@ class Transformer(nn.Module):
                          "classes": classes, "dataset": "sort"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():  # token ids (N, L): the one-hot rows the embedding reads
+            x = F.one_hot(x, self.vocabulary).to(self.position.weight.dtype)
         positions = torch.arange(x.shape[1], device=x.device)
         return self.head(self.norm(self.blocks(self.embed(x) + self.position(positions))))
 

@@ -182,7 +182,7 @@ def test_list_models_shows_input_shapes_without_building_them():
 
 def test_show_prints_a_models_meta():
     shown = run_zoo("show", "cnn1d").stdout
-    assert "  task:         classification\n  input_shape:  [1, 64]\n  classes:      10\n  dataset:      signals" in shown
+    assert "  task:         classification\n  input_shape:  [1, 40]\n  classes:      10\n  dataset:      signals" in shown
     (info,) = json.loads(run_zoo("show", "transformer", "--json").stdout)
     assert info["meta"] == {"task": "sequence_classification", "input_shape": [None, 10], "classes": 10,
                             "dataset": "sort"}

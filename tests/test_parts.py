@@ -132,7 +132,7 @@ def test_none_means_no_layer():
     assert zoo.create_model("cnn").block0[0].bias is None  # a norm's shift replaces the bias
     assert plain(torch.randn(2, 1, 32, 32)).shape == (2, 4)
     flat = zoo.create_model("cnn1d", global_pool=None, widths=[4])  # no global pool: flattened features
-    assert isinstance(flat.pool, nn.Flatten) and flat.head.in_features == 4 * 32
+    assert isinstance(flat.pool, nn.Flatten) and flat.head.in_features == 4 * 20
     resnet = zoo.create_model("resnet", norm=None)
     assert isinstance(resnet.block1.norm1, nn.Identity) and resnet.block1.conv1.bias is not None
     assert zoo.create_model("transformer", norm=None).norm.norm is None
@@ -207,3 +207,10 @@ def test_a_third_party_conv_builds_into_the_models(third_party):
     assert type(model.stem[0]).__name__ == "ShiftConv" and model.zoo_config["conv"] == "shift_conv"
     assert zoo.convs.info("shift_conv").distribution == "shift-conv"
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+
+
+def test_the_transformer_takes_token_ids_or_their_one_hot_rows():
+    model = zoo.create_model("transformer", seed=0).eval()
+    ids = torch.randint(0, 10, (4, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(ids), model(F.one_hot(ids, 10).float()))
