@@ -26,7 +26,7 @@ from export import adapters, lowerings
 from export.options import EXPORTERS
 from zoo.errors import ZooError
 from zoo.files import write_atomic
-from zoo.models import example_shape
+from zoo.models import example_shape, input_shape_of
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 DEFAULT_OPSET = 17
@@ -217,14 +217,14 @@ def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:
 def _example_input(
     model: torch.nn.Module, given: torch.Tensor | None, dtype: torch.dtype, dynamic_batch: bool
 ) -> torch.Tensor:
-    """The tracing input: the given one or a seeded randn of two samples of ``model.zoo_meta['input_shape']``
-    (an any-length axis ``zoo.models.EXAMPLE_LENGTH`` long); batch >= 2 when dynamic."""
+    """The tracing input: the given one or a seeded randn of two samples of the model's input shape
+    (``zoo.models.input_shape_of``; an any-length axis ``zoo.models.EXAMPLE_LENGTH`` long); batch >= 2 when dynamic."""
     if given is None:
-        shape = getattr(model, "zoo_meta", {}).get("input_shape")
+        shape = input_shape_of(model)
         if not shape:
             raise ExportError(
-                "cannot build an example input: the model has no zoo_meta['input_shape']; "
-                "pass example_input=torch.randn(2, *sample_shape)"
+                "cannot build an example input: the model has neither zoo_meta['input_shape'] nor "
+                "zoo_config['in_features']; pass example_input=torch.randn(2, *sample_shape)"
             )
         given = torch.randn(example_shape(shape), generator=torch.Generator().manual_seed(0))
     example = given.detach().to(dtype)
@@ -252,7 +252,7 @@ def eval_copy(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[torch.nn.M
 def dynamic_axes(model: torch.nn.Module, dynamic_batch: bool = True) -> dict[int, str]:
     """The input axes exported at any size, by name: the batch (when ``dynamic_batch``) and each axis that
     ``model.zoo_meta['input_shape']`` gives as None (``sequence``; ``sequence1``, ``sequence2``... for several)."""
-    shape = getattr(model, "zoo_meta", {}).get("input_shape") or []
+    shape = input_shape_of(model) or []
     free = [axis + 1 for axis, size in enumerate(shape) if size is None]
     names = [SEQUENCE_AXIS] if len(free) == 1 else [f"{SEQUENCE_AXIS}{n}" for n in range(1, len(free) + 1)]
     return {**({0: BATCH_AXIS} if dynamic_batch else {}), **dict(zip(free, names))}

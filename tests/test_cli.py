@@ -186,4 +186,3 @@ def test_show_prints_a_models_meta():
     (info,) = json.loads(run_zoo("show", "transformer", "--json").stdout)
     assert info["meta"] == {"task": "sequence_classification", "input_shape": [None, 10], "classes": 10,
                             "dataset": "sort"}
-    assert json.loads(run_zoo("show", "gelu", "--json").stdout)[0]["meta"] is None

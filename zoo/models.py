@@ -98,6 +98,16 @@ META_KEYS = {"task": (str, type(None)), "input_shape": (list,), "classes": (int,
 EXAMPLE_LENGTH = 3
 
 
+def input_shape_of(model: Any) -> list[int | None] | None:
+    """The shape of one input of ``model``: ``zoo_meta['input_shape']``, else ``[zoo_config['in_features']]``
+    (a module built outside the registry may say only that), else None."""
+    shape = (getattr(model, "zoo_meta", None) or {}).get("input_shape")
+    if shape:
+        return list(shape)
+    features = (getattr(model, "zoo_config", None) or {}).get("in_features")
+    return [features] if isinstance(features, int) else None
+
+
 def example_shape(input_shape: list[int | None], batch: int = 2, length: int = EXAMPLE_LENGTH) -> list[int]:
     """The shape of an example batch: ``batch`` samples of ``input_shape``, any-length (None) axes ``length`` long."""
     return [batch, *(length if size is None else size for size in input_shape)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.models import example_shape
+from zoo.models import example_shape, input_shape_of
 from zoo.registry import Registry, Source
 
 EXAMPLE_FEATURES = 4
@@ -14,7 +14,7 @@ def aten_ops(module: Any, *, in_features: int = EXAMPLE_FEATURES) -> set[str]:
     """The aten ops (``gelu``, ``special_i0e``) of ``module``'s forward on a small input, from torch.export."""
     import torch
 
-    shape = getattr(module, "zoo_meta", {}).get("input_shape") or [in_features]
+    shape = input_shape_of(module) or [in_features]
     example = torch.randn(example_shape(shape), generator=torch.Generator().manual_seed(0))
     program = torch.export.export(module.eval(), (example,))
     return {
