@@ -26,11 +26,13 @@ from export import adapters, lowerings
 from export.options import EXPORTERS, TRACE_BATCH
 from zoo.errors import ZooError
 from zoo.files import write_atomic
+from zoo.models import example_shape, input_shape_of
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
 BATCH_AXIS = "batch"
+SEQUENCE_AXIS = "sequence"  # the name of an input axis the model takes at any length (None in its input_shape)
 # The dynamo exporter's translations are written for this opset; below it, it falls back to the
 # version converter and silently keeps this opset when that fails.
 DYNAMO_MIN_OPSET = 18
@@ -163,8 +165,9 @@ def to_onnx(
     options = export_options(options, **changes)
     dtype, compute = options.dtype, options.chosen_compute
     example = _example_input(model, example_input, DTYPES[dtype], options)
+    axes = dynamic_axes(model, options.dynamic_batch)
     with eval_copy(model, DTYPES[dtype]) as export_model:
-        proto = _export(export_model, example, options)
+        proto = _export(export_model, example, options, axes)
     proto = _computing_in_float64(proto) if compute == "float64" else _narrow(proto, dtype)
     _strip_machine_facts(proto)
     _validate(proto, options, example.shape[0])
@@ -217,15 +220,17 @@ def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:
 def _example_input(
     model: torch.nn.Module, given: torch.Tensor | None, dtype: torch.dtype, options: ExportOptions
 ) -> torch.Tensor:
-    """The tracing input: the given one or a seeded randn(batch_size, in_features); batch >= 2 when dynamic."""
+    """The tracing input: the given one or a seeded randn of ``options.batch_size`` samples of the model's
+    input shape (``zoo.models.input_shape_of``; an any-length axis ``zoo.models.EXAMPLE_LENGTH`` long);
+    batch >= 2 when dynamic."""
     if given is None:
-        features = getattr(model, "zoo_config", {}).get("in_features")
-        if not isinstance(features, int):
+        shape = input_shape_of(model)
+        if not shape:
             raise ExportError(
-                "cannot build an example input: the model has no zoo_config['in_features']; "
-                f"pass example_input=torch.randn({options.batch_size}, in_features)"
+                "cannot build an example input: the model has neither zoo_meta['input_shape'] nor "
+                f"zoo_config['in_features']; pass example_input=torch.randn({options.batch_size}, *sample_shape)"
             )
-        given = torch.randn(options.batch_size, features, generator=torch.Generator().manual_seed(0))
+        given = torch.randn(example_shape(shape, options.batch_size), generator=torch.Generator().manual_seed(0))
     example = given.detach().to(dtype)
     if options.dynamic_batch and example.shape[0] < 2:
         # Tracing with batch 1 lets the exporters specialise the batch axis to the constant 1.
@@ -248,13 +253,24 @@ def eval_copy(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[torch.nn.M
             module.training = training
 
 
-def _export(model: torch.nn.Module, example: torch.Tensor, options: ExportOptions) -> onnx.ModelProto:
+def dynamic_axes(model: torch.nn.Module, dynamic_batch: bool = True) -> dict[int, str]:
+    """The input axes exported at any size, by name: the batch (when ``dynamic_batch``) and each axis that
+    ``model.zoo_meta['input_shape']`` gives as None (``sequence``; ``sequence1``, ``sequence2``... for several)."""
+    shape = input_shape_of(model) or []
+    free = [axis + 1 for axis, size in enumerate(shape) if size is None]
+    names = [SEQUENCE_AXIS] if len(free) == 1 else [f"{SEQUENCE_AXIS}{n}" for n in range(1, len(free) + 1)]
+    return {**({0: BATCH_AXIS} if dynamic_batch else {}), **dict(zip(free, names))}
+
+
+def _export(
+    model: torch.nn.Module, example: torch.Tensor, options: ExportOptions, axes: dict[int, str]
+) -> onnx.ModelProto:
     chosen = lowerings.active()
     try:
         with _quiet_exporter(), torch.no_grad():
             if options.exporter == "dynamo":
-                return _export_dynamo(model, example, options, chosen)
-            return _export_torchscript(model, example, options, chosen)
+                return _export_dynamo(model, example, options, chosen, axes)
+            return _export_torchscript(model, example, options, chosen, axes)
     except ExportError:
         raise
     except Exception as error:
@@ -295,10 +311,15 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
 
 
 def _export_torchscript(
-    model: torch.nn.Module, example: torch.Tensor, options: ExportOptions, chosen: Sequence[lowerings.Lowering]
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    options: ExportOptions,
+    chosen: Sequence[lowerings.Lowering],
+    axes: dict[int, str],
 ) -> onnx.ModelProto:
     names = _names(options)
-    axes = {name: {0: BATCH_AXIS} for name in options.input_names + options.output_names}
+    batch = {0: BATCH_AXIS} if options.dynamic_batch else {}
+    dynamic = {**{name: axes for name in options.input_names}, **{name: batch for name in options.output_names}}
     buffer = io.BytesIO()
     with adapters.torchscript_symbolics(chosen, options.chosen_opset):
         torch.onnx.export(
@@ -307,7 +328,7 @@ def _export_torchscript(
             buffer,
             dynamo=False,
             opset_version=options.chosen_opset,
-            dynamic_axes=axes if options.dynamic_batch else None,
+            dynamic_axes={name: value for name, value in dynamic.items() if value} or None,
             do_constant_folding=True,
             **names,
         )
@@ -315,9 +336,13 @@ def _export_torchscript(
 
 
 def _export_dynamo(
-    model: torch.nn.Module, example: torch.Tensor, options: ExportOptions, chosen: Sequence[lowerings.Lowering]
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    options: ExportOptions,
+    chosen: Sequence[lowerings.Lowering],
+    axes: dict[int, str],
 ) -> onnx.ModelProto:
-    shapes = ({0: torch.export.Dim(BATCH_AXIS)},) if options.dynamic_batch else None
+    shapes = ({axis: torch.export.Dim(name) for axis, name in axes.items()},) if axes else None
     program = torch.onnx.export(
         model,
         (example,),

@@ -39,17 +39,14 @@ def mlp(
     output_activation: Factory | str | None = None,
 ) -> nn.Sequential:
     """Multi-layer perceptron: linear layers with an activation after each hidden one."""
-    if not isinstance(hidden, Sequence) or isinstance(hidden, str) or not all(
-        isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in hidden
-    ):
-        raise ValueError(f"hidden must be a list of positive layer widths, e.g. [64, 64], got {hidden!r}")
+    check_widths("hidden", hidden, "[64, 64]")
     parts: list[tuple[str, nn.Module]] = []
     width = in_features
     for i, size in enumerate(hidden):
         parts.append((f"fc{i}", layer(width, size, True)))
         act = activation()
         parts.append((f"act{i}", act))
-        width = _width_after(act, size)
+        width = width_after(act, size)
     parts.append(("out", layer(width, out_features, True)))
     if output_activation is not None:
         parts.append(("out_act", output_activation()))
@@ -58,7 +55,7 @@ def mlp(
     return model
 
 
-def _width_after(act: nn.Module, width: int) -> int:
+def width_after(act: nn.Module, width: int) -> int:
     """Features an activation emits for `width` inputs (GLU halves them)."""
     training = act.training
     try:
@@ -68,3 +65,14 @@ def _width_after(act: nn.Module, width: int) -> int:
         raise ValueError(f"{type(act).__name__} cannot follow a layer of width {width}: {exc}") from exc
     finally:
         act.train(training)
+
+
+def is_size(value: object) -> bool:
+    """Whether ``value`` is a positive integer (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_widths(label: str, widths: object, example: str) -> None:
+    """Refuse anything but a list of positive widths."""
+    if not isinstance(widths, Sequence) or isinstance(widths, str) or not all(map(is_size, widths)):
+        raise ValueError(f"{label} must be a list of positive layer widths, e.g. {example}, got {widths!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -25,7 +26,8 @@ def test_version_and_help():
 def test_list_every_kind_as_a_table():
     result = run_zoo("list")
     assert result.returncode == 0, result.stderr
-    for heading in ("activations (27)", "layers (3)", "models (3)", "datasets (3)"):
+    for heading in ("activations (27)", "layers (3)", "convs (3)", "norms (3)", "pools (4)", "models (7)",
+                    "datasets (3)"):
         assert heading in result.stdout
     assert "leaky_relu" in result.stdout and "plugins.activations:LeakyReLU" in result.stdout
 
@@ -223,3 +225,19 @@ def test_listing_and_help_do_not_import_torch(args):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert "HEAVY []" in result.stderr, result.stderr
+
+
+def test_list_models_shows_input_shapes_without_building_them():
+    rows = {row["name"]: row for row in json.loads(run_zoo("list", "models", "--json").stdout)}
+    assert rows["cnn"]["input_shape"] == [1, 32, 32] and rows["transformer"]["input_shape"] == [None, 10]
+    assert rows["mlp"]["input_shape"] == [1] and {row["status"] for row in rows.values()} == {"unchecked"}
+    table = run_zoo("list", "models").stdout
+    assert re.search(r"^  transformer +\[\?, 10\] +A small transformer encoder", table, re.MULTILINE), table
+
+
+def test_show_prints_a_models_meta():
+    shown = run_zoo("show", "cnn1d").stdout
+    assert "  task:         classification\n  input_shape:  [1, 40]\n  classes:      10\n  dataset:      signals" in shown
+    (info,) = json.loads(run_zoo("show", "transformer", "--json").stdout)
+    assert info["meta"] == {"task": "sequence_classification", "input_shape": [None, 10], "classes": 10,
+                            "dataset": "sort"}

@@ -15,7 +15,14 @@ from torch import nn
 
 import zoo
 from export import ExportError, ParityError, to_onnx
-from export.onnx_export import DEFAULT_OPSET, ExportOptions, _validate, onnxruntime_max_opset, opset_range
+from export.onnx_export import (
+    DEFAULT_OPSET,
+    ExportOptions,
+    _validate,
+    dynamic_axes,
+    onnxruntime_max_opset,
+    opset_range,
+)
 from zoo.errors import ZooError
 
 
@@ -127,6 +134,32 @@ def test_fixed_batch_axis_is_refused_and_nothing_is_written(tmp_path: Path) -> N
         to_onnx(BatchBaked(), tmp_path / "m.onnx", example_input=torch.zeros(2, 3))
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
     assert (tmp_path / "m.onnx").read_bytes() == b"previous"
+
+
+def test_the_example_has_the_models_input_shape_and_its_sequence_axis_stays_dynamic(tmp_path: Path) -> None:
+    model = zoo.create_model("transformer", width=8, heads=2, depth=1, seed=0)
+    proto = onnx.load(to_onnx(model, tmp_path / "t.onnx", dynamic_batch=False))
+    assert dims(proto.graph.input[0]) == [2, "sequence", 10]
+    assert run(tmp_path / "t.onnx", np.zeros((2, 9, 10), np.float32)).shape == (2, 9, 10)
+
+
+class TwoFreeAxes(nn.Module):
+    """Takes (batch, any, any, 3) inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.zoo_meta = {"input_shape": [None, None, 3]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=-1) * 2
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_several_any_length_axes_are_numbered(tmp_path: Path, exporter: str) -> None:
+    assert dynamic_axes(TwoFreeAxes()) == {0: "batch", 1: "sequence1", 2: "sequence2"}
+    proto = onnx.load(to_onnx(TwoFreeAxes(), tmp_path / "m.onnx", exporter=exporter))
+    assert dims(proto.graph.input[0]) == ["batch", "sequence1", "sequence2", 3]
+    assert run(tmp_path / "m.onnx", np.ones((3, 4, 5, 3), np.float32)).tolist() == np.full((3, 4, 5), 6.0).tolist()
 
 
 def test_exporter_failure_is_an_export_error(tmp_path: Path) -> None:

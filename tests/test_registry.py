@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import zoo
+from zoo.models import listed_input_shape
 from zoo.registry import normalize
 
 COURSE_NOTES = [
@@ -37,7 +38,8 @@ def test_builtins_are_found_through_entry_points():
     assert set(COURSE_NOTES + REST_OF_TORCH_NN) == set(zoo.activations.names())
     assert zoo.activations.names() == sorted(zoo.activations.names())
     assert zoo.layers.names() == ["einsum_linear", "linear", "param_linear"]
-    assert zoo.list_models() == ["linear_regression", "logistic_regression", "mlp"]
+    assert zoo.list_models() == ["cnn", "cnn1d", "linear_regression", "logistic_regression", "mlp", "resnet",
+                                 "transformer"]
     assert zoo.datasets.names() == ["blobs", "linear", "nonlinear"]
     info = zoo.activations.info("gelu")
     assert (info.target, info.distribution) == ("plugins.activations:GELU", "zoo-onnx")
@@ -184,6 +186,46 @@ def test_in_process_registration_and_explicit_override():
     finally:
         zoo.activations.unregister("cube_test")
     assert "cube_test" not in zoo.activations
+
+
+WIDE = """
+import torch
+
+SIZE = 3
+
+
+def wide(input_shape=(None, 2 * SIZE), classes: int = 4, *, scale=1.5, act=torch.tanh, name="w"):
+    '''A model builder, for tests.'''
+
+
+class Net:
+    def __init__(self, in_features=7, hidden=[8, 8]):
+        pass
+"""
+
+
+def test_parameter_defaults_are_read_from_source_without_importing(third_party):
+    third_party("wide", {"zoo.models": {"wide": "wide_model:wide", "net": "wide_model:Net"}},
+                {"wide_model.py": WIDE})
+    sources = dict(zoo.models.sources())
+    # Literals only: 2 * SIZE and torch.tanh need the module run, so they are left out.
+    assert sources["wide"][0].defaults() == {"classes": 4, "scale": 1.5, "name": "w"}
+    assert sources["net"][0].defaults() == {"in_features": 7, "hidden": [8, 8]}
+    assert listed_input_shape(sources["net"][0].defaults()) == [7] and listed_input_shape({}) is None
+    assert "wide_model" not in sys.modules
+
+
+def test_an_in_process_models_defaults_come_from_its_signature():
+    @zoo.models.register("framed_test")
+    def framed(input_shape=(None, 3), depth: int = 2):
+        """A model registered in this process, for tests."""
+
+    try:
+        (source,) = dict(zoo.models.sources())["framed_test"]
+        assert source.defaults() == {"input_shape": (None, 3), "depth": 2}
+        assert listed_input_shape(source.defaults()) == [None, 3]
+    finally:
+        zoo.models.unregister("framed_test")
 
 
 def test_datasets_are_deterministic_and_shaped_like_the_notes():

@@ -45,6 +45,7 @@ __all__ = [
     "ZooError",
     "activations",
     "cache_clear",
+    "convs",
     "create_model",
     "datasets",
     "layers",
@@ -53,6 +54,8 @@ __all__ = [
     "lowerings",
     "models",
     "normalize",
+    "norms",
+    "pools",
     "registries",
     "save_checkpoint",
     "train",
@@ -91,17 +94,27 @@ layers = Registry(
     aliases={"dense": "linear", "fc": "linear", "matmul_linear": "param_linear"},
     check=_module_check,
 )
+convs = Registry(
+    "convs", group="zoo.convs", aliases={"conv2d": "conv", "unfold_conv": "im2col_conv"}, check=_module_check
+)
+norms = Registry(
+    "norms", group="zoo.norms", aliases={"bn": "batch_norm", "gn": "group_norm", "ln": "layer_norm"},
+    check=_module_check,
+)
+pools = Registry(
+    "pools", group="zoo.pools", aliases={"gap": "global_avg_pool", "gmp": "global_max_pool"}, check=_module_check
+)
 datasets = Registry("datasets", group="zoo.datasets", aliases={"regression": "linear"}, check=_dataset_check)
 models = Registry(
     "models",
     group="zoo.models",
     aliases={"linreg": "linear_regression", "logreg": "logistic_regression"},
     check=_module_check,
-    build=model_builder({"activations": activations, "layers": layers}),
+    build=model_builder({r.kind: r for r in (activations, layers, convs, norms, pools)}),
 )
 # ONNX lowerings of torch ops (export/lowerings.py): keyed by the aten op they lower.
 lowerings = Registry("lowerings", group="zoo.onnx", key=exact)
-registries = {r.kind: r for r in (activations, layers, models, datasets, lowerings)}
+registries = {r.kind: r for r in (activations, layers, convs, norms, pools, models, datasets, lowerings)}
 
 
 def create_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:

@@ -18,6 +18,7 @@ import click
 import zoo
 from zoo.errors import UnknownNameError, ZooError
 from zoo.files import check_output
+from zoo.models import listed_input_shape
 from zoo.options import CHECKPOINT_SUFFIXES, emit_json, model_training_options, train_from_options
 from zoo.text import plural
 
@@ -90,6 +91,8 @@ def _listing(kind: str, patterns: Sequence[str], check: bool) -> list[dict[str, 
             "distribution": f"{sources[0].distribution} {sources[0].version}".strip(),
             "status": registry.status(name),
         }
+        if kind == "models":
+            row["input_shape"] = listed_input_shape(sources[0].defaults())
         if len(sources) > 1:
             row["status"] = "conflict"
             row["error"] = "; ".join(s.describe() for s in sources)
@@ -135,10 +138,12 @@ def list_command(arguments: tuple[str, ...], as_json: bool, check: bool) -> None
     """List plugins with their aliases and a one-line description: every KIND, or one.
 
     \b
-    KIND is activations, layers, models, datasets or lowerings. Each PATTERN is a shell wildcard;
-    the names (or aliases) that match any of them are kept, e.g. `zoo list activations 'soft*' 'relu*'`.
-    Without KIND (the first PATTERN has a wildcard) they filter every kind: `zoo list '*linear*'`.
-    An alias that implies arguments shows them: gelu (gelu_tanh: approximate='tanh').
+    KIND is activations, layers, convs, norms, pools, models, datasets or lowerings. Each PATTERN is a
+    shell wildcard; the names (or aliases) that match any of them are kept, e.g.
+    `zoo list activations 'soft*' 'relu*'`. Without KIND (the first PATTERN has a wildcard) they
+    filter every kind: `zoo list '*linear*'`. An alias that implies arguments shows them: gelu
+    (gelu_tanh: approximate='tanh'). Models show the shape of one input (the batch axis left out;
+    ? is any length).
     Reads package metadata and plugin sources only (fast, imports no plugin) unless --check is
     given; until then a plugin's status is "unchecked".
     """
@@ -162,11 +167,12 @@ def _print_listing(rows: list[dict[str, Any]]) -> None:
         group = [row for row in rows if row["kind"] == current]
         click.secho(f"{current} ({len(group)})", bold=True)
         names = [_named(row) for row in group]
-        width = max(map(len, names))
-        for name, row in zip(names, group):
+        shapes = [_shape_text(row["input_shape"]) + "  " if "input_shape" in row else "" for row in group]
+        width, shape_width = max(map(len, names)), max(map(len, shapes))
+        for name, shape, row in zip(names, shapes, group):
             problem = row["status"] in ("broken", "conflict")
             status = click.style(f"  [{row['status']}] {row['error']}", fg="red") if problem else ""
-            click.echo(f"  {name:<{width}}  {row['description'] or '-'}  "
+            click.echo(f"  {name:<{width}}  {shape:<{shape_width}}{row['description'] or '-'}  "
                        f"[{row['target']}, {row['distribution']}]{status}")
 
 
@@ -175,6 +181,11 @@ def _named(row: dict[str, Any]) -> str:
     implied = row["alias_arguments"]
     aliases = [f"{alias}: {_arguments(implied[alias])}" if alias in implied else alias for alias in row["aliases"]]
     return row["name"] + (f" ({', '.join(aliases)})" if aliases else "")
+
+
+def _shape_text(shape: list[int | None] | None) -> str:
+    """[1, 32, 32], and ? for an axis of any length; - when unknown."""
+    return "-" if shape is None else "[" + ", ".join("?" if size is None else str(size) for size in shape) + "]"
 
 
 @cli.command("show")
@@ -188,11 +199,13 @@ def show_command(name: str, kind: str | None, as_json: bool) -> None:
     if not found:
         known = [n for k in kinds for n in zoo.registries[k].names()]
         raise UnknownNameError(zoo.registries[kind].singular if kind else "plugin", name, known)
-    lowered = {info.kind: _lowerings_used(info) for info in found}
+    built = {info.kind: _built(info) for info in found}
+    lowered = {kind: _lowerings_used(module) for kind, module in built.items()}
+    meta = {kind: getattr(module, "zoo_meta", None) for kind, module in built.items()}
     implied = {info.kind: _alias_arguments(zoo.registries[info.kind], info.name) for info in found}
     if as_json:
-        emit_json([{**info.to_json(), "alias_arguments": implied[info.kind], "lowerings": lowered[info.kind]}
-                   for info in found])
+        emit_json([{**info.to_json(), "alias_arguments": implied[info.kind], "lowerings": lowered[info.kind],
+                    "meta": meta[info.kind]} for info in found])
         return
     for info in found:
         click.secho(f"{info.name} ({info.kind})", bold=True)
@@ -206,6 +219,9 @@ def show_command(name: str, kind: str | None, as_json: bool) -> None:
         click.echo(f"  signature:    {info.name}{info.signature}")
         if meanings:
             click.echo(f"  aliases:      {', '.join(meanings.values())}")
+        for field, value in (meta[info.kind] or {}).items():
+            shown = _shape_text(value) if field == "input_shape" else value
+            click.echo(f"  {field + ':':<13} {'-' if shown is None else shown}")
         if lowered[info.kind] is not None:
             used = "; ".join(lowered[info.kind]) or "upstream's lowering (no zoo.onnx lowering applies)"
             click.echo(f"  exports with: {used}")
@@ -217,16 +233,22 @@ def _alias_meaning(name: str, alias: str, implied: dict[str, dict[str, Any]]) ->
     return f"{alias} = {name}({_arguments(implied[alias])})" if alias in implied else f"{alias} = {name}"
 
 
-def _lowerings_used(info: zoo.PluginInfo) -> list[str] | None:
-    """The `zoo.onnx` lowerings a module plugin built with its defaults exports with (None: not a module)."""
+def _built(info: zoo.PluginInfo) -> Any:
+    """An activation or model plugin built with its defaults, to read what it exports with and its meta; else None."""
     if info.kind not in ("activations", "models"):
+        return None
+    try:
+        return zoo.registries[info.kind].create(info.name)
+    except ZooError:
+        return None
+
+
+def _lowerings_used(module: Any) -> list[str] | None:
+    """The `zoo.onnx` lowerings a module plugin built with its defaults exports with (None: not built)."""
+    if module is None:
         return None
     from zoo.op_lowerings import lowerings_used
 
-    try:
-        module = zoo.registries[info.kind].create(info.name)
-    except ZooError:
-        return None
     return [source.describe() for source in lowerings_used(module, zoo.lowerings)]
 
 

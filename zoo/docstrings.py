@@ -1,4 +1,4 @@
-"""A plugin's one-line description, read from its source without importing it.
+"""A plugin's one-line description and literal defaults, read from its source without importing it.
 
 `zoo list` must stay fast (no torch import), so it reads docstrings with `ast`: it finds the module
 file of `module:attr` on sys.path, and follows `from ... import attr` (and `import *`) to the file
@@ -11,6 +11,7 @@ import ast
 import functools
 import importlib.util
 import pathlib
+from typing import Any
 
 MAX_HOPS = 6
 
@@ -22,28 +23,55 @@ def first_paragraph(doc: str | None) -> str:
 
 def describe(target: str) -> str:
     """The first paragraph of the docstring of `module:attr`, or "" when the source cannot be read."""
+    node = _definition(target)
+    return first_paragraph(ast.get_docstring(node)) if node is not None else ""
+
+
+def literal_defaults(target: str) -> dict[str, Any]:
+    """The parameter defaults of the function or class `module:attr` that are Python literals (a tuple of
+    sizes, None), read from its source; {} when it cannot be read."""
+    node = _definition(target)
+    if isinstance(node, ast.ClassDef):
+        node = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return {}
+    args = node.args
+    positional = [*args.posonlyargs, *args.args]
+    pairs = [*zip(positional[len(positional) - len(args.defaults):], args.defaults),
+             *((a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None)]
+    found: dict[str, Any] = {}
+    for arg, default in pairs:
+        try:
+            found[arg.arg] = ast.literal_eval(default)
+        except ValueError:
+            continue  # not a literal (a name, a call): left out
+    return found
+
+
+def _definition(target: str) -> ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """The definition of `module:attr` in its source, or None."""
     module, _, attr = target.partition(":")
     if not attr or "." in attr:
-        return ""
+        return None
     return _find(module.strip(), attr.strip(), MAX_HOPS)
 
 
-def _find(module: str, attr: str, hops: int) -> str:
+def _find(module: str, attr: str, hops: int) -> ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef | None:
     tree = _tree(module)
     if tree is None or hops == 0:
-        return ""
+        return None
     for node in tree.body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == attr:
-            return first_paragraph(ast.get_docstring(node))
+            return node
     for node in tree.body:
         if isinstance(node, ast.ImportFrom):
             source = _absolute(module, node)
             for alias in node.names:
                 if alias.name == "*" or (alias.asname or alias.name) == attr:
                     found = _find(source, attr if alias.name == "*" else alias.name, hops - 1)
-                    if found:
+                    if found is not None:
                         return found
-    return ""
+    return None
 
 
 def _absolute(module: str, node: ast.ImportFrom) -> str:

@@ -11,7 +11,8 @@ class ZooError(Exception):
 
 
 # Where the names of each registry kind are listed; any other kind of name lists its choices in the message.
-LISTED = {"activation": "zoo list activations", "layer": "zoo list layers", "model": "zoo list models",
+LISTED = {"activation": "zoo list activations", "layer": "zoo list layers", "conv": "zoo list convs",
+          "norm": "zoo list norms", "pool": "zoo list pools", "model": "zoo list models",
           "dataset": "zoo list datasets", "plugin": "zoo list"}
 
 

@@ -14,7 +14,8 @@ from zoo.registry import Registry
 from zoo.text import article
 
 # Builder parameters whose values are registry names, resolved to factories before the call.
-NAMED_PARTS = {"activation": "activations", "output_activation": "activations", "layer": "layers"}
+NAMED_PARTS = {"activation": "activations", "output_activation": "activations", "layer": "layers",
+               "conv": "convs", "norm": "norms", "pool": "pools", "global_pool": "pools"}
 
 
 def parse_part(text: str) -> tuple[str, dict[str, Any]]:
@@ -92,6 +93,26 @@ META_KEYS = {"task": (str, type(None)), "input_shape": (list,), "classes": (int,
              "dataset": (str, type(None))}
 
 
+# The length an example input gives an axis of any length (None in input_shape): at least 2 (the dynamo
+# exporter specialises a size of 1 to a constant) and unlike the example batch of 2, so no two axes share a size.
+EXAMPLE_LENGTH = 3
+
+
+def input_shape_of(model: Any) -> list[int | None] | None:
+    """The shape of one input of ``model``: ``zoo_meta['input_shape']``, else ``[zoo_config['in_features']]``
+    (a module built outside the registry may say only that), else None."""
+    shape = (getattr(model, "zoo_meta", None) or {}).get("input_shape")
+    if shape:
+        return list(shape)
+    features = (getattr(model, "zoo_config", None) or {}).get("in_features")
+    return [features] if isinstance(features, int) else None
+
+
+def example_shape(input_shape: list[int | None], batch: int = 2, length: int = EXAMPLE_LENGTH) -> list[int]:
+    """The shape of an example batch: ``batch`` samples of ``input_shape``, any-length (None) axes ``length`` long."""
+    return [batch, *(length if size is None else size for size in input_shape)]
+
+
 def model_meta(name: str, model: Any) -> dict[str, Any]:
     """The builder's ``model.zoo_meta`` checked and completed (absent keys are None; the input shape
     defaults to ``[in_features]``); BadArgumentsError names a malformed entry."""
@@ -111,6 +132,16 @@ def model_meta(name: str, model: Any) -> dict[str, Any]:
         raise BadArgumentsError(f"model {name!r}: zoo_meta['input_shape'] must hold positive sizes or None")
     _check_json(name, meta)
     return meta
+
+
+def listed_input_shape(defaults: dict[str, Any]) -> list[int | None] | None:
+    """The input shape a builder gives with its defaults, for `zoo list` without building: its ``input_shape``
+    default, else ``[in_features]``, the rule model_meta follows (a builder states its input shape so)."""
+    shape = defaults.get("input_shape")
+    if isinstance(shape, (list, tuple)):
+        return list(shape)
+    features = defaults.get("in_features")
+    return [features] if isinstance(features, int) else None
 
 
 def _check_json(name: str, config: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from zoo.models import example_shape, input_shape_of
 from zoo.registry import Registry, Source
 
 EXAMPLE_FEATURES = 4
@@ -13,8 +14,8 @@ def aten_ops(module: Any, *, in_features: int = EXAMPLE_FEATURES) -> set[str]:
     """The aten ops (``gelu``, ``special_i0e``) of ``module``'s forward on a small input, from torch.export."""
     import torch
 
-    features = getattr(module, "zoo_config", {}).get("in_features", in_features)
-    example = torch.randn(2, features, generator=torch.Generator().manual_seed(0))
+    shape = input_shape_of(module) or [in_features]
+    example = torch.randn(example_shape(shape), generator=torch.Generator().manual_seed(0))
     program = torch.export.export(module.eval(), (example,))
     return {
         node.target.name().split("::")[-1].split(".")[0]

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Any
 
-from zoo.docstrings import describe, first_paragraph
+from zoo.docstrings import describe, first_paragraph, literal_defaults
 from zoo.errors import BadArgumentsError, DuplicateNameError, PluginLoadError, UnknownNameError, ZooError
 
 IN_PROCESS = "<in-process>"
@@ -46,6 +46,16 @@ class Source:
     def description(self) -> str:
         """The first paragraph of the plugin's docstring, read from its source without importing it."""
         return first_paragraph(inspect.getdoc(self.obj)) if self.obj is not None else describe(self.target)
+
+    def defaults(self) -> dict[str, Any]:
+        """The plugin's parameter defaults, without importing it (from its source: the literal ones only)."""
+        if self.obj is None:
+            return literal_defaults(self.target)
+        try:
+            parameters = inspect.signature(self.obj).parameters.values()
+        except (TypeError, ValueError):
+            return {}
+        return {p.name: p.default for p in parameters if p.default is not p.empty}
 
 
 @dataclasses.dataclass(frozen=True)
