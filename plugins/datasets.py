@@ -279,10 +279,12 @@ def _moments(x: torch.Tensor) -> tuple[float, float]:
     return mean, math.sqrt(math.fsum((value - mean) ** 2 for value in values) / len(values))
 
 
-def sort(seed: int = 0, device: str | torch.device = "cpu", n: int = 10000, n_test: int = 1000, length: int = 8,
+def sort(seed: int = 0, device: str | torch.device = "cpu", n: int = 5000, n_test: int = 1000, length: int = 8,
          digits: int = 10) -> SyntheticData:
-    """Strings of `length` random digits (N, length) int64; the target at each position is the digit that
-    sorting puts there. Held-out strings never occur among the training ones (so fewer than n_test may remain)."""
+    """Strings of `length` random digits (N, length) int64; the target at each position is the digit sorting puts there.
+
+    Held-out strings never occur among the training ones, so fewer than `n_test` may remain.
+    """
     _check_rows(n, n_test)
     for label, value, least in (("length", length, 1), ("digits", digits, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -296,9 +298,11 @@ def sort(seed: int = 0, device: str | torch.device = "cpu", n: int = 10000, n_te
 
 
 def digits(seed: int = 0, device: str | torch.device = "cpu", test_fraction: float = 0.2) -> SyntheticData:
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images (N, 1, 8, 8) in [0, 1], classes 0-9), the one
-    real image set that installs with a package; `test_fraction` of them, drawn from the seed, held out.
-    Needs scikit-learn: pip install 'zoo-onnx[digits]'."""
+    """scikit-learn's bundled 8x8 handwritten digits (N, 1, 8, 8), classes 0-9: pip install 'zoo-onnx[digits]'.
+
+    The one real image set that installs with a package: 1,797 images, pixels scaled to [0, 1];
+    `test_fraction` of them, drawn from the seed, held out.
+    """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction!r}")
     try:
