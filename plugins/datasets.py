@@ -167,8 +167,8 @@ def shapes(
     width = 1 + _below(gen, radius // 3)
     brightness = _uniform(gen, (rows,), 0.5, 1.0)
     pixels = _uniform(gen, (rows, 1, size, size), -noise, noise)
-    masks = torch.cat([_draw(labels[i : i + 1024], radius[i : i + 1024], centre[i : i + 1024], turn[i : i + 1024],
-                             width[i : i + 1024], size) for i in range(0, rows, 1024)])
+    parts = (labels, radius, centre, turn, width)  # drawn 1024 images at a time, to bound the integer temporaries
+    masks = torch.cat([_draw(*(part[i : i + 1024] for part in parts), size) for i in range(0, rows, 1024)])
     x = masks.unsqueeze(1) * brightness.view(-1, 1, 1, 1) + pixels
     params = {"seed": seed, "n": n, "n_test": n_test, "size": size, "noise": noise, "classes": len(SHAPES),
               "labels": list(SHAPES)}
