@@ -23,7 +23,7 @@ def test_version_and_help():
 def test_list_every_kind_as_a_table():
     result = run_zoo("list")
     assert result.returncode == 0, result.stderr
-    for heading in ("activations (27)", "layers (3)", "models (3)", "datasets (3)"):
+    for heading in ("activations (27)", "layers (3)", "models (3)", "datasets (7)"):
         assert heading in result.stdout
     assert "leaky_relu" in result.stdout and "plugins.activations:LeakyReLU" in result.stdout
 
