@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from bench import bench_export, bench_registry, bench_runtime, bench_scale, bench_train
+from bench import bench_classify, bench_export, bench_registry, bench_runtime, bench_scale, bench_train
 from bench.common import print_table
 
 
@@ -16,6 +16,7 @@ def main() -> None:
     figures = [
         *bench_registry.figures(),
         *bench_train.figures(),
+        *bench_classify.figures(),
         *bench_export.figures(),
         *bench_runtime.figures(),
         *bench_scale.figures(),

@@ -27,7 +27,7 @@ def test_list_every_kind_as_a_table():
     result = run_zoo("list")
     assert result.returncode == 0, result.stderr
     for heading in ("activations (27)", "layers (3)", "convs (3)", "norms (3)", "pools (4)", "models (7)",
-                    "datasets (3)"):
+                    "datasets (7)"):
         assert heading in result.stdout
     assert "leaky_relu" in result.stdout and "plugins.activations:LeakyReLU" in result.stdout
 

@@ -62,7 +62,7 @@ def test_activation_hidden_and_dataset_arguments(capsys):
     report = json.loads(out)
     assert report["model"]["activation"] == {"name": "softplus", "beta": 2, "threshold": 5}
     assert report["model"]["hidden"] == [8, 4] and report["parameters"] is None  # too many to print
-    assert report["dataset"] == {"name": "nonlinear", "task": "regression", "rows": 200,
+    assert report["dataset"] == {"name": "nonlinear", "task": "regression", "rows": 200, "heldout_rows": 0,
                                  "params": {"seed": 3, "n": 200, "noise": 0.2}}
 
 
@@ -177,7 +177,7 @@ def test_model_training_options_decorate_another_command(capsys):
     assert options == {
         "activation": {"name": "gelu", "approximate": "tanh"}, "batch_size": None, "dataset": None,
         "device": "auto", "epochs": None, "hidden": [3], "layer": None, "lr": 0.5, "optimizer": None,
-        "recipe": "default", "seed": 0, "weight_decay": None,
+        "recipe": None, "seed": 0, "weight_decay": None,
     }
 
 

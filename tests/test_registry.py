@@ -40,7 +40,7 @@ def test_builtins_are_found_through_entry_points():
     assert zoo.layers.names() == ["einsum_linear", "linear", "param_linear"]
     assert zoo.list_models() == ["cnn", "cnn1d", "linear_regression", "logistic_regression", "mlp", "resnet",
                                  "transformer"]
-    assert zoo.datasets.names() == ["blobs", "linear", "nonlinear"]
+    assert zoo.datasets.names() == ["blobs", "digits", "linear", "nonlinear", "shapes", "signals", "sort"]
     info = zoo.activations.info("gelu")
     assert (info.target, info.distribution) == ("plugins.activations:GELU", "zoo-onnx")
     assert info.version == zoo.__version__

@@ -51,7 +51,7 @@ def test_notes_recipe_reproduces_the_notes(layer, linear_data):
     assert result.steps == 500 and len(result.history) == 5
     assert result.recipe == {
         "name": "notes", "optimizer": "adam", "lr": 0.1, "weight_decay": 0.1, "epochs": 5,
-        "batch_size": 100, "shuffle": False, "seed": 0,
+        "batch_size": 100, "shuffle": False, "schedule": None, "seed": 0,
     }
 
 
@@ -86,7 +86,9 @@ def test_result_and_model_after_training(linear_data):
     assert json.loads(json.dumps(result.to_json()))["history"] == result.history
     summary = model.zoo_training
     assert summary == result.summary() and "history" not in summary
-    assert summary["dataset"] == {"name": "linear", "task": "regression", "rows": 10000, "params": linear_data.params}
+    assert summary["dataset"] == {"name": "linear", "task": "regression", "rows": 10000, "heldout_rows": 0,
+                                  "params": linear_data.params}
+    assert summary["heldout"] == {}  # linear has no held-out rows
     json.dumps(summary, allow_nan=False)
 
 

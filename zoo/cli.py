@@ -280,7 +280,7 @@ def plot_activations_command(names: tuple[str, ...], output: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a summary.")
 @click.option("-q", "--quiet", is_flag=True, help="Draw no progress bar (none is drawn when stderr is not a terminal).")
 def train_command(model_name: str, output: str | None, as_json: bool, quiet: bool, **options: Any) -> None:
-    """Train MODEL on a synthetic dataset; print the final loss, metrics and small models' parameters.
+    """Train MODEL on a synthetic dataset; print the final loss, metrics (held-out too) and small models' parameters.
 
     \b
     Examples:
@@ -325,6 +325,9 @@ def _print_training(report: dict[str, Any]) -> None:
     )
     metrics = "  ".join(f"{key} {value:.6g}" for key, value in report["metrics"].items())
     click.echo(f"final loss {report['final_loss']:.6g}  ({metrics})")
+    if report["heldout"]:
+        metrics = "  ".join(f"{key} {value:.6g}" for key, value in report["heldout"].items())
+        click.echo(f"held-out ({plural(report['dataset']['heldout_rows'], 'row')}): {metrics}")
     if report["parameters"]:
         click.echo("parameters: " + "  ".join(f"{key} {value}" for key, value in report["parameters"].items()))
     if report["checkpoint"]:

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from zoo.training import TrainResult
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
-DEFAULT_DATASETS = {"linear_regression": "linear", "logistic_regression": "blobs", "mlp": "nonlinear"}
 
 
 class PartSpec(click.ParamType):
@@ -84,11 +83,12 @@ def model_training_options(command: Any) -> Any:
                      help="Activation of an mlp: a name or name:key=value,... e.g. softplus:beta=2,threshold=5."),
         click.option("--hidden", type=Widths(), help="Hidden layer widths of an mlp, e.g. 64,64."),
         click.option("--dataset", type=PartSpec(),
-                     help="Dataset plugin, optionally name:key=value,... [default: linear for linear_regression, "
-                          "blobs for logistic_regression, nonlinear for mlp]"),
-        click.option("--recipe", default="default", show_default=True,
-                     help="Training recipe: default (full-batch L-BFGS, reaches least squares) or notes "
-                          "(the course notes' Adam lr 0.1, weight decay 0.1, batch 100, 5 epochs)."),
+                     help="Dataset plugin, optionally name:key=value,..., e.g. shapes:n=2000 [default: the model's, "
+                          "as `zoo show MODEL` names it: linear for linear_regression, nonlinear for mlp...]"),
+        click.option("--recipe",
+                     help="Training recipe: default (full-batch L-BFGS, reaches least squares), notes (the course "
+                          "notes' Adam lr 0.1, weight decay 0.1, batch 100, 5 epochs) or classify (AdamW, batch 64, "
+                          "10 epochs, cosine schedule) [default: classify for classification datasets, else default]."),
         click.option("--epochs", type=int, help="Passes over the data [default: the recipe's]."),
         click.option("--batch-size", type=int, help="Rows per optimiser step [default: the recipe's]."),
         click.option("--lr", type=float, help="Learning rate [default: the recipe's, or the optimizer's own]."),
@@ -128,15 +128,26 @@ def train_from_options(
     parts = {"layer": layer, "activation": activation, "hidden": hidden}
     kwargs = {key: value for key, value in parts.items() if value is not None}
     accepted = inspect.signature(zoo.models.get(canonical)).parameters
-    sizes = {"in_features": data.x.shape[1], "out_features": data.y.shape[1]}
-    kwargs.update({key: size for key, size in sizes.items() if key in accepted})
+    kwargs.update({key: size for key, size in _sizes(data).items() if key in accepted})
     model = zoo.create_model(model_name, seed=seed, **kwargs)
     result = zoo.train(model, data, device=target, seed=seed, **training)
     return model, result
 
 
+def _sizes(data: Any) -> dict[str, int]:
+    """Builder arguments the dataset fixes: features or channels in, outputs (one per class) out."""
+    sizes = {}
+    if data.x.is_floating_point():
+        sizes["in_features" if data.x.dim() == 2 else "in_channels"] = data.x.shape[1]
+    if data.y.is_floating_point():
+        sizes["out_features"] = data.y.shape[1]
+    elif isinstance(data.params.get("classes"), int):
+        sizes["out_features"] = sizes["classes"] = data.params["classes"]
+    return sizes
+
+
 def _training_data(model: str, spec: str | dict[str, Any] | None, *, seed: int, device: str) -> Any:
-    spec = spec or DEFAULT_DATASETS.get(model)
+    spec = spec or zoo.create_model(model, seed=0).zoo_meta["dataset"]  # the model's own; seeded: RNG untouched
     if spec is None:
         raise BadArgumentsError(
             f"model {model!r} has no default dataset: pass --dataset ({', '.join(zoo.datasets.names())})"

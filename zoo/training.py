@@ -13,17 +13,31 @@ Recipes (explicit arguments of `train` override any setting):
   datasets (at most a few thousand rows).
 - ``notes``: the course notes' recipe, reproduced: Adam(lr=0.1, weight_decay=0.1), batches of 100
   in order (no shuffling), 5 epochs. On `linear` it ends with w ~ 9.96 but b ~ 8.7, far from 5.
+- ``classify``: AdamW(lr=3e-3, weight_decay=0.01), shuffled batches of 64, 10 epochs, the learning
+  rate warmed up over the first 5% of steps, then decayed to zero on a cosine (per step). For the
+  image, signal and sequence sets: thousands of rows that one full batch would not fit or suit.
 
-Loss by task: regression -> MSELoss, binary_classification -> BCEWithLogitsLoss (models output
-logits). Predictions and targets must have the same shape; nothing is broadcast. Before any step the
-data is checked: finite x and y, 0/1 targets for binary classification, and a task the model is for
-(``model.zoo_meta["task"]``). The loss has one definition: the criterion over the whole dataset, the
-model in eval mode, after an epoch. ``history[i]`` is that loss after epoch i + 1 and ``final_loss``
-is ``history[-1]``. A step is one optimiser step on one batch (for L-BFGS, up to 20 iterations of
-its own); batch losses stay on the device during an epoch and are checked once per epoch, naming the
-first non-finite step. After training the model stays on the device it was trained on, in eval
-mode, with a JSON summary in `model.zoo_training`; after a failed one (any exception, Ctrl-C
-included) it is as it was before the call: weights, buffers, gradients, modes and devices.
+Without a recipe, `train` picks one by the dataset's task: ``classify`` for classification and
+sequence_classification, ``default`` for the rest.
+
+Loss by task, on the logits models output: regression -> MSELoss; binary_classification ->
+BCEWithLogitsLoss; classification (targets: class indices (N,), logits (N, classes)) ->
+CrossEntropyLoss; sequence_classification (targets (N, L), logits (N, L, classes)) -> cross-entropy
+averaged over every position. Float targets must match the predictions' shape exactly, class-index
+targets the predictions' shape less its last axis; nothing is broadcast. Metrics: mse; bce and
+accuracy; cross_entropy and accuracy; for sequences also sequence_accuracy (every position right).
+A dataset's held-out rows (`data.test`) are scored the same way, into `TrainResult.heldout`.
+
+Before any step the data is checked: finite x and y, 0/1 targets for binary classification, and a
+task the model is for (``model.zoo_meta["task"]``). The loss has one definition: the criterion over
+the whole dataset, the model in eval mode, after an epoch. ``history[i]`` is that loss after epoch
+i + 1 and ``final_loss`` is ``history[-1]``. A step is one optimiser step on one batch (for L-BFGS,
+up to 20 iterations of its own); batch losses stay on the device during an epoch and are checked
+once per epoch, naming the first non-finite step. The model trains in train mode (dropout on, batch
+norm updating its statistics) and is evaluated in eval mode; after training it stays on the device
+it was trained on, in eval mode, with a JSON summary in `model.zoo_training`; after a failed one
+(any exception, Ctrl-C included) it is as it was before the call: weights, buffers, gradients,
+modes and devices.
 """
 
 from __future__ import annotations
@@ -46,13 +60,15 @@ from zoo.progress import ProgressBar, wanted
 from zoo.text import plural
 
 __all__ = [
-    "CRITERIA", "OPTIMIZERS", "RECIPES", "Recipe", "TrainResult", "resolve_device", "resolve_recipe", "train",
+    "CRITERIA", "METRICS", "OPTIMIZERS", "RECIPES", "SCHEDULES", "TASK_RECIPES", "Recipe", "SequenceCrossEntropy",
+    "TrainResult", "resolve_device", "resolve_recipe", "train",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Named training settings; `batch_size=None` means the whole dataset in one batch."""
+    """Named training settings; `batch_size=None` means the whole dataset in one batch, `schedule=None` a
+    constant learning rate."""
 
     name: str
     optimizer: str
@@ -61,6 +77,7 @@ class Recipe:
     epochs: int
     batch_size: int | None
     shuffle: bool
+    schedule: str | None = None
 
 
 RECIPES = {
@@ -68,8 +85,12 @@ RECIPES = {
     for recipe in (
         Recipe("default", optimizer="lbfgs", lr=1.0, weight_decay=0.0, epochs=10, batch_size=None, shuffle=True),
         Recipe("notes", optimizer="adam", lr=0.1, weight_decay=0.1, epochs=5, batch_size=100, shuffle=False),
+        Recipe("classify", optimizer="adamw", lr=3e-3, weight_decay=0.01, epochs=10, batch_size=64, shuffle=True,
+               schedule="cosine"),
     )
 }
+# The recipe `train` uses when none is named, by the dataset's task; "default" for any other task.
+TASK_RECIPES = {"classification": "classify", "sequence_classification": "classify"}
 
 
 def _lbfgs(params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -89,15 +110,29 @@ OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], float]] = {
     "lbfgs": (_lbfgs, 1.0),
 }
 
+
+class SequenceCrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy over every position: logits (N, L, classes) against class indices (N, L)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(input.flatten(0, -2), target.flatten())
+
+
 CRITERIA: dict[str, Callable[[], nn.Module]] = {
     "regression": nn.MSELoss,
     "binary_classification": nn.BCEWithLogitsLoss,
+    "classification": nn.CrossEntropyLoss,
+    "sequence_classification": SequenceCrossEntropy,
 }
+# What each task's targets are: (dimensions, class indices or not); float targets are (N, out_features).
+TARGETS = {"regression": (2, False), "binary_classification": (2, False), "classification": (1, True),
+           "sequence_classification": (2, True)}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """What a training run did: the full-data loss after each epoch, the final one and metrics, where and how long."""
+    """What a training run did: the full-data loss after each epoch, the final one and metrics on the
+    training rows, the same metrics on the dataset's held-out rows (empty when it has none), where and how long."""
 
     history: list[float]  # the full-data loss in eval mode after each epoch run
     final_loss: float  # history[-1]
@@ -110,6 +145,7 @@ class TrainResult:
     threads: int = 1  # torch CPU threads per process
     world_size: int = 1  # processes training together (torchrun), each on its share of every batch
     backend: str | None = None  # their torch.distributed backend (gloo, nccl), None in one process
+    heldout: dict[str, float] = dataclasses.field(default_factory=dict)  # metrics on data.test's rows
 
     def summary(self) -> dict[str, Any]:
         """JSON-able record without the history: what `model.zoo_training` and checkpoints keep."""
@@ -149,7 +185,7 @@ def train(
     model: nn.Module,
     data: Any,
     *,
-    recipe: str = "default",
+    recipe: str | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -161,6 +197,9 @@ def train(
     threads: int | None = None,
 ) -> TrainResult:
     """Fit `model` to `data` (x, y, task) with a named recipe; explicit arguments override its settings.
+
+    `recipe=None` picks the task's (TASK_RECIPES: classify for classification tasks, else default).
+    When `data.test` holds held-out rows, the trained model is scored on them too (`result.heldout`).
 
     `seed` fixes the batch order and any randomness in the model (dropout); the same seed gives
     bit-identical parameters on CPU. `progress=None` draws a bar on stderr only when it is a
@@ -181,21 +220,22 @@ def train(
     _check_values(data)
     target = resolve_device(device)
     settings = resolve_recipe(
-        recipe, rows=len(data.x), seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, optimizer=optimizer,
+        recipe or TASK_RECIPES.get(data.task, "default"), rows=len(data.x), seed=seed, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
     )
     with _restored_on_failure(model), _group(target, rows=len(data.x)) as group:
         target = group.device if group else target
         x, y = data.x.to(target), data.y.to(target)
         model.to(target)
-        _check_fit(model, x, y)
+        _check_fit(model, x, y, classes=_classes(data))
         start = time.perf_counter()
         with seeded(seed, target), _threads(threads, model, len(x)) as used:
             loss = _batch_loss(model, criterion) if group is None else group.batch_loss(group.wrap(model), criterion)
             show = wanted(progress) and (group is None or group.rank == 0)
             with group.guard("training") if group else contextlib.nullcontext():
                 history, metrics = _fit(model, x, y, loss, settings, show,
-                                        evaluate=lambda: _evaluate(model, x, y, criterion))
+                                        evaluate=lambda: _evaluate(model, x, y, criterion, data.task))
+            heldout = _heldout(model, data, target, criterion)
         seconds = time.perf_counter() - start
     result = TrainResult(
         history=history,
@@ -205,10 +245,12 @@ def train(
         seconds=seconds,
         steps=len(history) * math.ceil(len(x) / settings["batch_size"]),
         recipe=settings,
-        dataset={"name": data.name, "task": data.task, "rows": len(x), "params": dict(data.params)},
+        dataset={"name": data.name, "task": data.task, "rows": len(x), "heldout_rows": _heldout_rows(data),
+                 "params": dict(data.params)},
         threads=used,
         world_size=group.world_size if group else 1,
         backend=group.backend if group else None,
+        heldout=heldout,
     )
     model.zoo_training = result.summary()
     return result
@@ -292,11 +334,15 @@ def _criterion(data: Any) -> nn.Module:
         raise BadArgumentsError(f"data must be a zoo dataset ({DATASET_CONTRACT}); it lacks {', '.join(missing)}")
     if data.task not in CRITERIA:
         raise TrainingError(f"dataset {data.name!r} has task {data.task!r}; zoo trains {', '.join(CRITERIA)}")
-    if data.x.dim() != 2 or data.y.dim() != 2 or len(data.x) != len(data.y) or len(data.x) == 0:
-        raise TrainingError(
-            f"dataset {data.name!r} must have x (N, in) and y (N, out) with N > 0, "
-            f"got x {tuple(data.x.shape)} and y {tuple(data.y.shape)}"
-        )
+    _check_targets(data, data.x, data.y, "")
+    test = getattr(data, "test", None)
+    if test is not None:
+        _check_targets(data, test.x, test.y, "held-out ")
+        if test.x.shape[1:] != data.x.shape[1:] or test.y.shape[1:] != data.y.shape[1:]:
+            raise TrainingError(
+                f"dataset {data.name!r}: held-out rows x {tuple(test.x.shape)}, y {tuple(test.y.shape)} are not "
+                f"shaped like the training rows x {tuple(data.x.shape)}, y {tuple(data.y.shape)}"
+            )
     return CRITERIA[data.task]()
 
 
@@ -363,16 +409,56 @@ def _restored_on_failure(model: nn.Module) -> Iterator[None]:
         raise
 
 
-def _same_shape(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if prediction.shape != target.shape:
+def _check_targets(data: Any, x: torch.Tensor, y: torch.Tensor, which: str) -> None:
+    """Inputs (N, ...) and targets as the task has them: (N, out) floats, (N,) or (N, L) class indices >= 0.
+    `which` is "" for the training rows (N > 0) or "held-out " (any N)."""
+    dims, indices = TARGETS[data.task]
+    shape = {(2, False): "(N, out) floats", (1, True): "(N,) int64 class indices",
+             (2, True): "(N, L) int64 class indices"}[dims, indices]
+    integral = not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
+    rows = len(x) == len(y) and (len(x) > 0 or which != "")
+    fits = rows and x.dim() >= 2 and y.dim() == dims and integral == indices
+    negative = fits and indices and len(y) > 0 and int(y.min()) < 0
+    if not fits or negative:
         raise TrainingError(
-            f"the model predicts shape {tuple(prediction.shape)} but the targets have shape {tuple(target.shape)}; "
-            "they must match exactly (zoo never broadcasts a loss): fix the model's output size or shape"
+            f"dataset {data.name!r} (task {data.task}) must have {which}x (N, ...) and {which}y {shape}"
+            f"{'' if which else ' with N > 0'}, got x {tuple(x.shape)} {x.dtype} and y {tuple(y.shape)} {y.dtype}"
+            + (" holding negative classes" if negative else "")
+        )
+
+
+def _classes(data: Any) -> int | None:
+    """How many logits the model must give for class-index targets: the highest class seen plus one."""
+    if not TARGETS[data.task][1]:
+        return None
+    test = getattr(data, "test", None)
+    ys = [data.y] if test is None or len(test.y) == 0 else [data.y, test.y]
+    return max(int(y.max()) for y in ys) + 1
+
+
+def _heldout_rows(data: Any) -> int:
+    test = getattr(data, "test", None)
+    return 0 if test is None else len(test.x)
+
+
+def _same_shape(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Float targets take predictions of their exact shape; class indices take logits with one more axis."""
+    if target.is_floating_point():
+        if prediction.shape != target.shape:
+            raise TrainingError(
+                f"the model predicts shape {tuple(prediction.shape)} but the targets have shape "
+                f"{tuple(target.shape)}; they must match exactly (zoo never broadcasts a loss): fix the model's "
+                "output size or shape"
+            )
+    elif prediction.dim() != target.dim() + 1 or prediction.shape[:-1] != target.shape:
+        raise TrainingError(
+            f"the model predicts shape {tuple(prediction.shape)} but class-index targets of shape "
+            f"{tuple(target.shape)} take logits of shape {(*target.shape, 'classes')}: fix the model's output shape"
         )
     return prediction
 
 
-def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, classes: int | None = None) -> None:
     """Run two rows through the model first, so a misfit is one clear error before any training."""
     was_training = model.training
     try:
@@ -385,6 +471,11 @@ def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     finally:
         model.train(was_training)
     _same_shape(prediction, y[:2])
+    if classes is not None and prediction.shape[-1] < classes:
+        raise TrainingError(
+            f"the model gives {prediction.shape[-1]} logits per prediction but the targets hold {classes} classes "
+            f"(0 to {classes - 1}): build it with {classes} outputs"
+        )
 
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, Callable[..., torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
@@ -409,6 +500,7 @@ def _fit(
     optimizer = build(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     rows, batch, epochs = len(x), settings["batch_size"], settings["epochs"]
     per_epoch = math.ceil(rows / batch)
+    schedule = _schedule(optimizer, settings["schedule"], steps=epochs * per_epoch)
     order = torch.Generator().manual_seed(settings["seed"])
     bar = ProgressBar(epochs * per_epoch, epochs) if show else None
     history: list[float] = []
@@ -422,6 +514,8 @@ def _fit(
             losses: list[torch.Tensor] = []
             for begin in range(0, rows, batch):
                 losses.append(_step(optimizer, loss, xs[begin : begin + batch], ys[begin : begin + batch]))
+                if schedule is not None:
+                    schedule.step()
                 if bar is not None:
                     bar.update(epoch * per_epoch + len(losses), epoch + 1, losses[-1].item)
             _check_finite(losses, first_step=epoch * per_epoch + 1, lr=settings["lr"])
@@ -435,6 +529,25 @@ def _fit(
         if bar is not None:
             bar.close()
     return history, metrics
+
+
+SCHEDULES = ("cosine",)  # learning-rate schedules a recipe may name; None keeps the rate constant
+
+
+def _schedule(optimizer: torch.optim.Optimizer, name: str | None, *, steps: int) -> Any:
+    """A per-step schedule: `cosine` warms up linearly over the first 5% of steps, then decays towards zero."""
+    if name is None:
+        return None
+    if name not in SCHEDULES:
+        raise UnknownNameError("schedule", name, SCHEDULES)
+    warmup = max(1, steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step + 1 - warmup) / (steps + 1 - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _stalled(history: list[float]) -> bool:
@@ -473,13 +586,52 @@ def _divergence(value: float, step: int, lr: float, *, after: bool) -> Divergenc
     )
 
 
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module) -> tuple[float, dict[str, float]]:
-    """Full-data loss and metrics in eval mode: mse for regression, bce and accuracy for classification."""
+# Input elements per forward pass when evaluating: a large image set is scored in slices, not in one
+# pass that would hold every activation at once; the small feature sets still take one pass.
+EVAL_ELEMENTS = 2**20
+
+
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module, task: str
+) -> tuple[float, dict[str, float]]:
+    """Loss and the task's metrics (METRICS) over all of x, y, in eval mode (dropout off, batch norm frozen)."""
     model.eval()
+    rows = max(1, EVAL_ELEMENTS // max(1, x[0].numel()))
     with torch.no_grad():
-        prediction = _same_shape(model(x), y)
-        loss = criterion(prediction, y).item()
-        if isinstance(criterion, nn.BCEWithLogitsLoss):
-            accuracy = ((prediction > 0) == (y > 0.5)).float().mean().item()
-            return loss, {"bce": loss, "accuracy": accuracy}
-    return loss, {"mse": loss}
+        prediction = model(x) if len(x) <= rows else torch.cat([model(x[i : i + rows]) for i in range(0, len(x), rows)])
+        loss = criterion(_same_shape(prediction, y), y).item()
+        return loss, METRICS[task](prediction, y, loss)
+
+
+def _heldout(model: nn.Module, data: Any, device: torch.device, criterion: nn.Module) -> dict[str, float]:
+    """The task's metrics on the dataset's held-out rows (`data.test`); empty when it has none."""
+    if not _heldout_rows(data):
+        return {}
+    return _evaluate(model, data.test.x.to(device), data.test.y.to(device), criterion, data.task)[1]
+
+
+def _fraction(hits: torch.Tensor) -> float:
+    """The share of True entries, counted exactly."""
+    return int(hits.sum()) / hits.numel()
+
+
+def _binary_metrics(logits: torch.Tensor, y: torch.Tensor, loss: float) -> dict[str, float]:
+    return {"bce": loss, "accuracy": ((logits > 0) == (y > 0.5)).float().mean().item()}
+
+
+def _class_metrics(logits: torch.Tensor, y: torch.Tensor, loss: float) -> dict[str, float]:
+    """Accuracy of the highest logit; for sequences per position, and of whole sequences."""
+    right = logits.argmax(dim=-1) == y
+    metrics = {"cross_entropy": loss, "accuracy": _fraction(right)}
+    if y.dim() == 2:
+        metrics["sequence_accuracy"] = _fraction(right.all(dim=1))
+    return metrics
+
+
+# task -> metrics(prediction, target, loss): what the summary, the checkpoint and the CLI report.
+METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], dict[str, float]]] = {
+    "regression": lambda prediction, y, loss: {"mse": loss},
+    "binary_classification": _binary_metrics,
+    "classification": _class_metrics,
+    "sequence_classification": _class_metrics,
+}
