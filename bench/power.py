@@ -36,9 +36,8 @@ import torch
 
 import zoo
 from bench import variants
-from export import bounds
 from export.onnx_export import to_onnx
-from export.parity import check_parity, reference_probes
+from export.parity import bounds, check_parity, reference_probes
 from export.runtime.compare import Tolerance, compare_output
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "silu", "softplus", "elu", "leaky_relu")

@@ -5,7 +5,7 @@ A bundle (ONNX Model Zoo layout)::
     OUT/model.onnx
     OUT/test_data_set_N/input_0.pb                  one parity probe batch each (every probe of the check)
     OUT/test_data_set_N/output_0.pb                 the function's value, rounded to the export dtype
-    OUT/test_data_set_N/reference_0.pb              the float64 value (export.bounds)
+    OUT/test_data_set_N/reference_0.pb              the float64 value (export.parity.bounds)
     OUT/test_data_set_N/bound_0.pb, spread_0.pb, allowance_0.pb   its tolerance: the worst-case bound,
                                                     the spread of honest rounding, the allowance
     OUT/manifest.json                               every other file's sha256 and size, opset, criterion,
@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.bounds import UNIT
 from export.onnx_export import ExportError, ExportOptions, export_options, to_onnx
 from export.parity import ParityError, ParityReport, ProbeSet, parity_run
+from export.parity.bounds import UNIT
 from export.runtime import BundleError, OnnxModel, encode_tensor, is_bundle, verify_bundle
 from export.runtime.compare import SPREADS
 from export.runtime.integrity import file_table

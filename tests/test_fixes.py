@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 import zoo
-from export import ExportError, bounds, check_parity, fix_table, lowerings, to_onnx
+from export import ExportError, check_parity, fix_table, lowerings, to_onnx
+from export.parity import bounds
 from export.runtime.compare import compare_output
 
 pytestmark = pytest.mark.parity

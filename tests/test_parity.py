@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 import zoo
-from export import ParityError, ParityReport, bounds, check_parity, lowerings, matrix, to_onnx
-from export.probes import BATCH_SIZES, DTYPES, FINE_STEP, SWEEP_LIMIT, make_probes, special_values
+from export import ParityError, ParityReport, check_parity, lowerings, matrix, to_onnx
+from export.parity import bounds
+from export.parity.probes import BATCH_SIZES, DTYPES, FINE_STEP, SWEEP_LIMIT, make_probes, special_values
 from export.runtime.compare import Tolerance, classify, compare_output
 
 pytestmark = pytest.mark.parity
@@ -238,7 +239,7 @@ def test_probes_cover_the_float_range(dtype: str) -> None:
 
 
 def test_probes_are_dense_around_the_models_own_knees() -> None:
-    from export.probes import knees_of
+    from export.parity.probes import knees_of
 
     model = zoo.activations.create("softshrink", lambd=0.37)
     knees = knees_of(model)

@@ -1,6 +1,6 @@
 """The parity rule, in numpy alone: a runtime's output against the float64 reference and its tolerance.
 
-The tolerance of each output element has two tiers (from ``export.bounds``):
+The tolerance of each output element has two tiers (from ``export.parity.bounds``):
 
 - the **worst-case bound** ``b``: what any correct evaluation in the export dtype may be off by,
   with no assumption (every rounding error of the largest size and the same sign);

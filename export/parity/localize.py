@@ -2,7 +2,7 @@
 
 Like polygraphy's ``--onnx-outputs mark all`` and ``torch.onnx.verification.find_mismatch``: every
 intermediate value of the graph becomes an output, the failing input runs through onnxruntime
-with optimisations off, and each leaf module's output (in call order, from ``export.bounds`` with
+with optimisations off, and each leaf module's output (in call order, from ``export.parity.bounds`` with
 its bound) is compared with the value of the last ONNX node the exporter wrote inside that
 module's scope. The first one outside its bound is where the wrong lowering sits.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import torch
 
-from export import bounds
+from export.parity import bounds
 from export.runtime.compare import OutputVerdict, compare_output
 
 SCOPES = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's node metadata: ['', 'fc0', 'linear']

@@ -1,7 +1,7 @@
 """``check_parity``: the exported model against the function's float64 value, within what float arithmetic allows.
 
-Every probe (``export.probes``) runs through onnxruntime and, with the same weights as exported,
-through ``export.bounds``: torch in float64 carrying both tiers of each output element's tolerance
+Every probe (``export.parity.probes``) runs through onnxruntime and, with the same weights as exported,
+through ``export.parity.bounds``: torch in float64 carrying both tiers of each output element's tolerance
 (the worst case of any correct evaluation, and the spread of honest rounding). The ONNX output
 passes where ``export.runtime.compare`` says so (within both tiers, NaN/inf where the function has
 them); the same rule judges torch eager in float32 on this machine, and where torch fails it the
@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 import torch
 
-from export import bounds, probes
 from export.onnx_export import DTYPES, eval_copy
+from export.parity import bounds, probes
 from export.runtime.compare import OutputVerdict, Tolerance, compare_output, jsonable
 from zoo.errors import ZooError
 
@@ -154,7 +154,7 @@ def check_parity(
     """Check the ONNX file at ``path`` against ``model`` on every probe; raise ``ParityError`` if ``strict`` and not ok.
 
     ``dtype`` defaults to the one recorded in the model file. With ``explain``, a failure names the
-    first ONNX node whose intermediate value leaves its bound (``export.localize``).
+    first ONNX node whose intermediate value leaves its bound (``export.parity.localize``).
     """
     report, _ = parity_run(model, path, dtype=dtype, explain=explain, seed=seed)
     if strict and not report.ok:
@@ -187,7 +187,7 @@ def parity_run(model: torch.nn.Module, path: str | os.PathLike[str], *, dtype: s
             report.torch = judge(names, torch_outputs, probe_set, dtype)
             _point_at_worst(report, probe_set)
         if explain and not report.ok and report.outputs:
-            from export.localize import first_failing_node
+            from export.parity.localize import first_failing_node
 
             report.culprit = first_failing_node(exported, proto, probe_set, report.outputs, dtype)
     return report, probe_set
