@@ -25,7 +25,7 @@ test-kernels: $(STAMP)  ## the parity-critical tests under every torch CPU kerne
 	for isa in default avx2 avx512; do ATEN_CPU_CAPABILITY=$$isa $(PY) -m pytest -q -m parity || exit 1; done
 
 parity: $(STAMP)  ## the parity matrix: every activation x layer x exporter x opset x dtype (ARGS=--quick: two opsets each)
-	$(PY) -m export.matrix $(ARGS)
+	$(PY) -m export.parity.matrix $(ARGS)
 
 bench: $(STAMP)  ## every benchmark figure quoted in the README, as ratios measured in one run
 	$(PY) -m bench

@@ -154,7 +154,7 @@ def honest(model: torch.nn.Module, proto: onnx.ModelProto, *, example: torch.Ten
     variants += [Variant(f"sums {name}", True, onnx_runner(_edited(proto, edit))) for name, edit in REASSOCIATED]
     variants.append(Variant("float64 graph", True, onnx_runner(_exported(model, example, compute="float64"))))
     if exporters:
-        from export.matrix import opsets
+        from export.parity.matrix import opsets
         for exporter in ("torchscript", "dynamo"):
             if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
                 continue

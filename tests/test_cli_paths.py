@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from export.run_dir import OutputDirError, check_out_dir, clear_run
+from export.run.outdir import OutputDirError, check_out_dir, clear_run
 
 ONE_ROW = ("--only", "linreg-linear")  # should a run start, it ends in seconds (and the test fails)
 # (the command, a fragment of its one-line error); {tmp} is a folder prepared by `paths` below.

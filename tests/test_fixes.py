@@ -262,7 +262,7 @@ def float_types(path: Path) -> dict[str, int]:
 def test_float64_graph_rounds_once(tmp_path: Path, activation: str) -> None:
     """Parity-matrix MLPs with x @ W.T + b layers that failed while each layer rounded to float32:
     computed in float64, the only float32 values left are the model's input and output."""
-    from export import matrix
+    from export.parity import matrix
 
     model, example = matrix.build(matrix.Case(activation, "param_linear", "torchscript", 17, "float32"))
     path = to_onnx(model, tmp_path / "ours.onnx", example_input=example, compute="float64")

@@ -24,9 +24,9 @@ from onnx import helper, numpy_helper
 
 import zoo
 from export.bundle import write_bundle
-from export.matrix import ALONE_FEATURES, opsets
 from export.onnx_export import to_onnx
 from export.parity import check_parity, judge, parity_run
+from export.parity.matrix import ALONE_FEATURES, opsets
 from export.runtime.verify import MODEL_FILE, verify_bundle
 
 HIDDEN = [16, 16]

@@ -146,7 +146,7 @@ def test_every_install_line_of_the_readmes_is_checked() -> None:
 
 
 def test_the_install_hints_of_errors_are_checked_lines_too() -> None:
-    from export.cluster import INSTALL_HINT
+    from export.run.cluster import INSTALL_HINT
     from export.runtime.backends import DISTRIBUTION
 
     hints = {INSTALL_HINT, *(f"pip install '{DISTRIBUTION}[{runtime}]'" for runtime in ("openvino", "tract"))}

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import zoo
-from export import ParityError, ParityReport, check_parity, lowerings, matrix, to_onnx
-from export.parity import bounds
+from export import ParityError, ParityReport, check_parity, lowerings, to_onnx
+from export.parity import bounds, matrix
 from export.parity.probes import BATCH_SIZES, DTYPES, FINE_STEP, SWEEP_LIMIT, make_probes, special_values
 from export.runtime.compare import Tolerance, classify, compare_output
 

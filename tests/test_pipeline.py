@@ -17,7 +17,7 @@ import pytest
 from conftest import assert_one_line_error, run_zoo, write_distribution
 
 import zoo
-from export import run_rows
+from export.run import rows as run_rows
 from export.runtime import verify_bundle
 from zoo.cli import main
 from zoo.errors import BadArgumentsError
@@ -271,8 +271,8 @@ LATE_MODULE = """
 def test_workers_see_a_plugin_installed_after_their_server_started(third_party, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers fork from a server that imported torch once; they still take this process's sys.path and environment."""
-    from export import run_pool
-    from export.pipeline import run_zoo as run
+    from export.run import pool as run_pool
+    from export.run.pipeline import run_zoo as run
 
     run_pool.warm_up()
     third_party("zoo-test-late", {"zoo.activations": {"late_tanh": "zoo_test_late:LateTanh"}},

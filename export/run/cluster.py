@@ -1,4 +1,4 @@
-"""Tasks on a Dask distributed cluster: `zoo run --cluster` and `python -m export.matrix --cluster`.
+"""Tasks on a Dask distributed cluster: `zoo run --cluster` and `python -m export.parity.matrix --cluster`.
 
 ``connect("local", workers=N)`` starts a ``LocalCluster`` on this machine (N processes, one thread
 each); any other address (``tcp://host:8786``) connects to a running scheduler. ``imap_unordered``
@@ -20,8 +20,8 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from export import run_pool
-from export.run_pool import WorkerDied
+from export.run import pool as run_pool
+from export.run.pool import WorkerDied
 from zoo.errors import ZooError
 
 Item = TypeVar("Item")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Sequence
 
-from export.run_rows import Row
+from export.run.rows import Row
 from zoo.errors import ZooError
 
 MLP_NOTE = ("A curve that ends before the others stopped early: its loss no longer fell. A high, flat one is a net "

@@ -24,7 +24,7 @@ Item = TypeVar("Item")
 
 # What every zoo task imports. torch._dynamo is private, and only imported: torch imports it lazily
 # on the first optimizer step and the first TorchDispatchMode call (1.3 s), in every worker.
-PRELOAD = ("torch", "torch._dynamo", "onnx", "onnxruntime", "export.row_runner", "export.bundle", "export.parity.check")
+PRELOAD = ("torch", "torch._dynamo", "onnx", "onnxruntime", "export.run.row", "export.bundle", "export.parity.check")
 
 
 def context() -> multiprocessing.context.BaseContext:

@@ -1,9 +1,8 @@
 """`zoo run`: train, export and verify every model of the zoo, then write a report and pictures.
 
 This module holds the run itself and its click command; the parts live beside it, one idea each:
-`run_rows` (which rows, from the registries), `row_runner` (one row, and storing its bundle),
-`run_pool` (local worker processes), `cluster` (a Dask cluster), `run_dir` (the output folder), `pictures`
-and `run_report`.
+`rows` (which rows, from the registries), `row` (one row, and storing its bundle), `pool` (local
+worker processes), `cluster` (a Dask cluster), `outdir` (the output folder), `pictures` and `report`.
 
 Each row runs with one torch thread, in this process, in a local worker process or on a Dask worker, so
 `--jobs N` and `--cluster` give the same numbers as `--jobs 1`. A row that fails (plugin import,
@@ -26,14 +25,14 @@ from typing import Any
 
 import click
 
-from export import run_pool
-from export.cluster import tasks
-from export.pictures import draw_pictures
-from export.row_runner import Finished, run_row, store_bundle
-from export.run_dir import check_out_dir, clear_run
-from export.run_pool import WorkerDied
-from export.run_report import Report, format_table, regression_rows, table_rows, where_it_ran, write_report
-from export.run_rows import Job, Row, plan
+from export.run import pool as run_pool
+from export.run.cluster import tasks
+from export.run.outdir import check_out_dir, clear_run
+from export.run.pictures import draw_pictures
+from export.run.pool import WorkerDied
+from export.run.report import Report, format_table, regression_rows, table_rows, where_it_ran, write_report
+from export.run.row import Finished, run_row, store_bundle
+from export.run.rows import Job, Row, plan
 from zoo.errors import BadArgumentsError, ZooError
 
 MAX_DEFAULT_JOBS = 8
@@ -62,7 +61,7 @@ def run_zoo(out: str | os.PathLike[str] = "zoo-out", *, only: Sequence[str] = ()
     `cluster` is a Dask scheduler address, or "local" for a LocalCluster of `jobs` workers here;
     without it rows run in this process (jobs=1) or in `jobs` worker processes. Bundles are
     written under OUT/models/ by this process in every case. OUT must be empty or missing; with
-    `force`, an earlier run's output there is removed first (see export.run_dir). Raises
+    `force`, an earlier run's output there is removed first (see export.run.outdir). Raises
     BadArgumentsError, ZooError (output directory), ClusterError before any row runs, and
     RunInterrupted (a KeyboardInterrupt, after writing the report of the finished rows) on Ctrl-C.
     """

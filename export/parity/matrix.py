@@ -1,7 +1,7 @@
 """The parity matrix: every activation, alone and in an MLP with each linear-layer style, through
 both exporters, every supported opset and both dtypes, with our fixes and with upstream's lowering.
 
-    python -m export.matrix [--quick] [--json] [--upstream/--no-upstream]
+    python -m export.parity.matrix [--quick] [--json] [--upstream/--no-upstream]
 
 ``--quick`` keeps the default and the highest opset of each exporter (what tests/ runs).
 """
@@ -24,10 +24,10 @@ import torch
 
 import zoo
 from export import lowerings
-from export.cluster import ClusterError, tasks
 from export.onnx_export import DEFAULT_OPSET, EXPORTERS, ExportError, opset_range, to_onnx
 from export.options import DTYPES
 from export.parity import check_parity
+from export.run.cluster import ClusterError, tasks
 
 # Activation variants beyond each registered activation with its defaults.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -193,7 +193,7 @@ def _mark(ok: bool | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the matrix and print the table and pass rates; exit 1 if any of ours fails."""
-    parser = argparse.ArgumentParser(prog="python -m export.matrix", description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = argparse.ArgumentParser(prog="python -m export.parity.matrix", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="default and highest opset only")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--no-upstream", dest="upstream", action="store_false", help="skip the upstream baseline")
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run(cases(args.quick, args.activation), upstream=args.upstream, jobs=args.jobs,
                       cluster=args.cluster)
     except ClusterError as error:
-        parser.exit(2, f"python -m export.matrix: error: {error}\n")
+        parser.exit(2, f"python -m export.parity.matrix: error: {error}\n")
     rates = pass_rates(results)
     if args.json:
         print(json.dumps({"pass_rates": rates, "results": [_result_json(r) for r in results]}, indent=2))

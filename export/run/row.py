@@ -21,7 +21,7 @@ import warnings
 from typing import Any
 
 import zoo
-from export.run_rows import NOTES_PUBLISHED, Job, Row
+from export.run.rows import NOTES_PUBLISHED, Job, Row
 from zoo.errors import ZooError
 from zoo.files import default_mode, write_atomic
 from zoo.timing import timed

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import zoo
-from export.run_rows import Row
+from export.run.rows import Row
 from zoo.files import write_atomic
 from zoo.text import plural
 
