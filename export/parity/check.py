@@ -20,7 +20,8 @@ import onnx
 import torch
 
 from export.onnx_export import DTYPES, eval_copy
-from export.parity import bounds, probes
+from export.parity.bounds import bounded_run
+from export.parity.probes import Probe, knees_of, make_probes
 from export.runtime.compare import OutputVerdict, Tolerance, compare_output, jsonable
 from zoo.errors import ZooError
 
@@ -37,7 +38,7 @@ class ParityError(ZooError):
 class ProbeSet:
     """The probe batches of one model and, stacked, their float64 reference and tolerance per output."""
 
-    batches: list[probes.Probe]
+    batches: list[Probe]
     references: list[np.ndarray]  # per output, (rows, ...) float64
     tolerances: list[Tolerance]
 
@@ -195,9 +196,9 @@ def parity_run(model: torch.nn.Module, path: str | os.PathLike[str], *, dtype: s
 
 def reference_probes(model: torch.nn.Module, sample_shape: tuple[int, ...], *, dtype: str, seed: int = 0) -> ProbeSet:
     """Every probe for ``model`` (in eval mode and the export dtype) with its float64 reference and bound."""
-    batches = probes.make_probes(math.prod(sample_shape), dtype=dtype, seed=seed, knees=probes.knees_of(model))
-    batches = [probes.Probe(p.name, p.data.reshape(p.batch, *sample_shape)) for p in batches]
-    run = bounds.bounded_run(model, np.concatenate([p.data for p in batches]), dtype=dtype)
+    batches = make_probes(math.prod(sample_shape), dtype=dtype, seed=seed, knees=knees_of(model))
+    batches = [Probe(p.name, p.data.reshape(p.batch, *sample_shape)) for p in batches]
+    run = bounded_run(model, np.concatenate([p.data for p in batches]), dtype=dtype)
     return ProbeSet(batches, run.outputs, run.tolerances)
 
 

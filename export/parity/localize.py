@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import torch
 
-from export.parity import bounds
+from export.parity.bounds import bounded_run
 from export.runtime.compare import OutputVerdict, compare_output
 
 SCOPES = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's node metadata: ['', 'fc0', 'linear']
@@ -30,7 +30,7 @@ def first_failing_node(model: torch.nn.Module, proto: onnx.ModelProto, probe_set
     row = bad.worst.index[0]
     x = probe_set.inputs[row:row + 1]
     try:
-        run = bounds.bounded_run(model, x, dtype=dtype, modules=True)
+        run = bounded_run(model, x, dtype=dtype, modules=True)
         values, producers = _every_value(proto, x)
     except Exception as error:  # noqa: BLE001 - an explanation must never hide the verdict it explains
         return f"could not localise the failure: {type(error).__name__}: {error}"

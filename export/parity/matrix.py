@@ -26,7 +26,7 @@ import zoo
 from export import lowerings
 from export.onnx_export import DEFAULT_OPSET, EXPORTERS, ExportError, opset_range, to_onnx
 from export.options import DTYPES
-from export.parity import check_parity
+from export.parity.check import check_parity
 from export.run.cluster import ClusterError, tasks
 
 # Activation variants beyond each registered activation with its defaults.
