@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 import zoo
 
@@ -78,3 +80,29 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+class OverflowingReLU(nn.Module):
+    """ReLU with a float32 kernel defect made to order, the same on every CPU (a torch defect for tests).
+
+    In float32 eager it computes relu(x * 2**100) / 2**100: exact up to 2**28 (scaling by a power of
+    two is exact) and +inf above, where ReLU is finite. Traced for export, and in float64 (where the
+    bound is computed), it is ReLU: the export is right and torch eager is not, as with torch's own
+    GELU above 1.7e38 on AVX-512 CPUs, but without depending on the CPU.
+    """
+
+    SCALE = 2.0**100
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and not torch.onnx.is_in_onnx_export():
+            return torch.relu(x * self.SCALE) / self.SCALE
+        return torch.relu(x)
+
+
+@pytest.fixture
+def overflowing_relu() -> Iterator[str]:
+    """OverflowingReLU registered in this process for one test, as the activation this returns."""
+    name = "overflowing_relu"
+    zoo.activations.register(name)(OverflowingReLU)
+    yield name
+    zoo.activations.unregister(name)
