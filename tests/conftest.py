@@ -59,6 +59,13 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...
     zoo.cache_clear()
 
 
+def umask() -> int:
+    """This process's file-mode creation mask (reading it means setting it: restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def run_zoo(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the installed `zoo` command in a subprocess, as a user would."""
     return subprocess.run(
