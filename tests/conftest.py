@@ -40,6 +40,11 @@ def write_distribution(
     return root
 
 
+def builtin_names(registry: zoo.registry.Registry) -> list[str]:
+    """The names this checkout's own plugins register (a venv may hold others, e.g. the README's example plugin)."""
+    return [name for name, sources in registry.sources() if sources[0].target.startswith("plugins.")]
+
+
 @pytest.fixture
 def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
     """Install throwaway distributions for one test: put them on sys.path and reset the registries."""
