@@ -95,10 +95,10 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 
 
 class OverflowingReLU(nn.Module):
-    """ReLU with a float32 kernel defect made to order, the same on every CPU (a torch defect for tests).
+    """ReLU with a float32 kernel defect made to order: a torch defect that is the same on every CPU.
 
-    In float32 eager it computes relu(x * 2**100) / 2**100: exact up to 2**28 (scaling by a power of
-    two is exact) and +inf above, where ReLU is finite. Traced for export, and in float64 (where the
+    In float32 eager it computes relu(x * 2**100) / 2**100: exact below 2**28 (scaling by a power of
+    two is exact) and +inf from there on, where ReLU is finite. Traced for export, and in float64 (where the
     bound is computed), it is ReLU: the export is right and torch eager is not, as with torch's own
     GELU above 1.7e38 on AVX-512 CPUs, but without depending on the CPU.
     """
