@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import reseal
+from conftest import reseal, umask
 from torch import nn
 
 import zoo
@@ -86,7 +86,8 @@ def test_layout_and_manifest(bundle):
     assert 0 < manifest["parity"]["worst_ratio"] <= 1
     assert {"zoo", "torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
     assert manifest["config"] == model.zoo_config
-    assert os.stat(out / "model.onnx").st_mode & 0o077, "a deliverable must not be private to its writer"
+    mode = os.stat(out / "model.onnx").st_mode & 0o777
+    assert mode == 0o666 & ~umask(), "a deliverable has the umask's permissions, not mkstemp's private ones"
 
 
 def test_test_data_are_every_probe_of_the_export_time_check(bundle):

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, umask
 from onnx import TensorProto, helper, numpy_helper
 
 import zoo
@@ -48,7 +48,7 @@ def test_special_float_values_survive_bit_for_bit(tmp_path):
     back = read_tensor(path).array
     assert back.view(np.uint32).tolist() == values.reshape(7, 1).view(np.uint32).tolist()
     assert os.listdir(tmp_path) == ["x.pb"]  # no temp file left
-    assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask()
 
 
 @pytest.mark.parametrize(
@@ -229,9 +229,3 @@ def test_the_runtime_imports_neither_torch_nor_onnx():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "", f"export.runtime imported {result.stdout.strip()}"
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
