@@ -22,12 +22,18 @@ class, by its reference value ``r`` and worst-case bound ``b``:
 Why ``SPREADS = 8``: an honest error is a sum of many small independent roundings, each bounded,
 so its tail is sub-Gaussian: with Bernstein's inequality, when no single rounding dominates, the
 chance that it exceeds k standard deviations is about ``2 exp(-k^2 / 2)``, 1.3e-14 at k = 8: a
-check of 10^8 elements (far more than any probe set) fails an honest evaluation with probability
-about 1e-6. Where one rounding dominates, the error is within that rounding's bound, sqrt(3)
-spreads, far inside. The spread itself is an upper estimate (each rounding taken as uniform on
-its whole bound), so honest errors sit at about 0.1 to 0.6 of the statistical bound (measured
-over widths 64 to 1024 and 2 to 12 layers, README: Parity), while a systematic error (a weight,
-a bias, a scale, a constant) shows at every element it touches and fails it.
+check of 10^8 elements (far more than any probe set) flags an honest evaluation with probability
+about 1e-6. Where one rounding dominates, the error is within that rounding's own bound, far inside.
+One part has a heavier tail: the own rounding of a sum seen at one element (its partial sums, and
+so its variance, vary from element to element, as the energy of a random walk tied at both ends
+does: an exponential tail). Measured on sequential float32 sums of 64 to 1024 terms, 10^6 samples
+each, its tail falls by about a decade every 1.4 of its spreads, from 2e-5 at 7; the bounds pass
+counts that part 5 times in the variance (``export.parity.bounds.core.TAIL``), so 8 spreads are 17.9
+of its own, where its tail is about 1e-13. The spread is an upper estimate
+(each rounding uniform on half an ulp; partial sums of a random order, which blocked and pairwise
+sums undercut), so honest errors sit at about 0.2 to 0.6 of the statistical bound (measured over
+widths 64 to 1024 and 2 to 12 layers: bench/power.py), while a systematic error (a weight, a bias,
+a scale, a constant) shows at every element it touches and fails it.
 
 ``check_parity`` (at export, next to torch) and ``verify_bundle`` (anywhere, runtime alone) both
 judge with ``compare_output``, on every probe stacked into one array per output; reports speak in
