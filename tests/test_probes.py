@@ -255,6 +255,17 @@ def test_an_op_without_a_rule_is_a_parity_error_naming_the_op_and_its_module(tmp
     assert "@export.parity.bounds.rule(torch.ops.aten.convolution)" in message and "covered ops" in message
 
 
+class FloorDivide(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.div(x, 3.0, rounding_mode="floor")
+
+
+def test_a_rule_that_cannot_judge_a_use_of_its_op_names_the_module_too() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), FloorDivide())
+    with pytest.raises(ParityError, match=r"div with a rounding mode \(called by module '1' \(FloorDivide\)\)"):
+        bounds.bounded_run(model.eval(), np.ones((2, 2), np.float32), dtype="float32")
+
+
 # -- located failures ------------------------------------------------------------------------------
 class Block(nn.Module):
     def __init__(self) -> None:
@@ -306,8 +317,7 @@ def test_a_node_holding_a_later_modules_value_is_not_blamed(tmp_path) -> None:
 # -- the covered ops -------------------------------------------------------------------------------
 def test_the_covered_ops_table_is_generated_and_in_the_readme() -> None:
     table = coverage.markdown()
-    assert (ROOT / coverage.PATH).read_text() == table, "regenerate: python -c 'from export.parity import coverage; ...'"
+    assert (ROOT / coverage.PATH).read_text() == table, "rules changed: run python -m export.parity.coverage"
     rows = [line for line in table.splitlines() if line.startswith("|")]
-    readme = (ROOT / "README.md").read_text()
-    assert "\n".join(rows) in readme
+    assert "\n".join(rows) in (ROOT / "README.md").read_text(), "rules changed: run python -m export.parity.coverage"
     assert "`aten.addmm`" in table and "any other op torch tags `pointwise`" in table

@@ -185,7 +185,7 @@ def make_probes(shape: int | Sequence[int], *, dtype: str = "float32", seed: int
     if not shape or min(shape) < 1:
         raise ValueError(f"a probe sample needs a shape of positive sizes, got {shape}")
     rng = np.random.default_rng(seed)
-    others = [_resized(shape, dynamic, length) for length in LENGTHS if _resized(shape, dynamic, length) != shape]
+    others = [other for other in dict.fromkeys(_resized(shape, dynamic, length) for length in LENGTHS) if other != shape]
     scales = (*SCALES, *extreme_scales(dtype))
     extra = [Probe(f"random at shape {other}", *_random(rng, other, scales, len(scales), dtype)) for other in others]
     left = budget - sum(p.data.size for p in extra)
@@ -197,6 +197,7 @@ def make_probes(shape: int | Sequence[int], *, dtype: str = "float32", seed: int
 
 def _groups(shape: tuple[int, ...], dtype: str, knees: tuple[float, ...], rng: np.random.Generator,
             scales: tuple[float, ...]) -> list[_Group]:
+    """The five groups of the module docstring for samples of ``shape``, in the order their rows are batched."""
     size = math.prod(shape)
     kinds, where = special_kinds(dtype), positions(shape)
     background = np.linspace(-1.0, 1.0, size, dtype=dtype)
@@ -249,6 +250,7 @@ def _batches(groups: list[tuple[str, np.ndarray, tuple[str, ...]]]) -> list[Prob
 
 
 def _resized(shape: tuple[int, ...], dynamic: Sequence[int], length: int) -> tuple[int, ...]:
+    """``shape`` with each axis of any size at ``length``."""
     return tuple(length if axis in dynamic else size for axis, size in enumerate(shape))
 
 

@@ -291,19 +291,25 @@ class BoundMode(TorchDispatchMode):
         rule = rule_for(func)
         if rule is None:
             raise BoundError(self.missing_rule(func))
-        bounded = rule(self, func, args, kwargs, out)
+        try:
+            bounded = rule(self, func, args, kwargs, out)
+        except BoundError as error:  # a rule that cannot judge this use of its op: say where it is
+            raise BoundError(f"{error} (called by {self.caller()})") from None
         if bounded is not None:
             for tensor, bound in zip(flat(out), flat(bounded)):
                 if isinstance(tensor, torch.Tensor) and bound is not None:
                     self.remember(tensor, bound)
         return out
 
+    def caller(self) -> str:
+        """The module whose forward runs now, for an error message."""
+        name, kind = self.calls[-1] if self.calls else ("", "")
+        return f"module {name!r} ({kind})" if name else f"the model itself ({kind})" if kind else "the model"
+
     def missing_rule(self, func: Any) -> str:
         """What to say of an op without a rule: the op, the module that called it, how to add a rule."""
-        name, kind = self.calls[-1] if self.calls else ("", "")
-        caller = f"module {name!r} ({kind})" if name else f"the model itself ({kind})" if kind else "the model"
         packet = func.overloadpacket.__name__
-        return (f"no parity rule for {func}, called by {caller}, so the parity of this model cannot be judged; "
+        return (f"no parity rule for {func}, called by {self.caller()}, so the parity of this model cannot be judged; "
                 f"build it from covered ops, or add a rule with @export.parity.bounds.rule(torch.ops.aten.{packet}) "
                 "(README: Parity, covered ops)")
 
