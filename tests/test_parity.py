@@ -148,7 +148,7 @@ def test_report_speaks_in_units_of_each_tier(default_mlp: tuple[nn.Module, Path]
     model, path = default_mlp
     report = check_parity(model, path)
     assert isinstance(report, ParityReport) and report.ok and report.dtype == "float32"
-    assert report.batch_sizes[:4] == list(BATCH_SIZES)
+    assert set(BATCH_SIZES) <= set(report.batch_sizes)
     [output] = report.outputs
     assert output.name == "output" and not any(output.failures.values())
     assert 0 < report.worst_ratio <= 1 and output.counts["finite"] > 10_000

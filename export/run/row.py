@@ -91,7 +91,8 @@ def _run_stages(job: Job, row: Row, target: pathlib.Path, *, device: str, opset:
         write_bundle(model.cpu(), target, opset=opset, timings=row.seconds)
     except ParityError as exc:
         row.stage = "parity"
-        row.worst_ratio, row.max_abs_error = exc.report.worst_ratio, exc.report.max_abs_error
+        if exc.report is not None:  # None: an op without a rule, nothing judged
+            row.worst_ratio, row.max_abs_error = exc.report.worst_ratio, exc.report.max_abs_error
         raise
     manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
     parity = manifest["parity"]

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,11 @@ class Tolerance:
     def concatenate(parts: list[Tolerance] | tuple[Tolerance, ...]) -> Tolerance:
         """Tolerances of consecutive row blocks, stacked."""
         return Tolerance(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("bound", "spread", "allowance")))
+
+    @staticmethod
+    def stack(parts: Sequence[Tolerance]) -> Tolerance:
+        """Tolerances of several batches of one output as one, the way ``stack_batches`` stacks their values."""
+        return Tolerance(*(stack_batches([getattr(p, f) for p in parts]) for f in ("bound", "spread", "allowance")))
 
     @staticmethod
     def worst_case(bound: np.ndarray) -> Tolerance:
@@ -157,6 +163,37 @@ class OutputVerdict:
             return f"{w.ratio:.3g} times its worst-case bound"
         return (f"within the worst-case bound at {w.ratio:.2g}; {w.spreads:.3g} spreads out "
                 f"(the rule allows {SPREADS:g} beyond the allowance)")
+
+
+def stack_batches(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """One output of several batches as one array: stacked on the batch axis where their other axes agree,
+    else each flattened (a sequence model's outputs at several lengths), so one verdict covers them all."""
+    if _by_rows([part.shape for part in parts]):
+        return np.concatenate(parts)
+    return np.concatenate([part.reshape(-1) for part in parts])
+
+
+def batch_slices(shapes: Sequence[tuple[int, ...]]) -> list[slice]:
+    """Where each batch (of these shapes) lies along the first axis of ``stack_batches`` of them."""
+    by_rows = _by_rows(shapes)
+    sizes = [shape[0] if by_rows else math.prod(shape) for shape in shapes]
+    ends = np.cumsum(sizes, dtype=np.int64)
+    return [slice(int(end) - size, int(end)) for size, end in zip(sizes, ends)]
+
+
+def locate_batch(shapes: Sequence[tuple[int, ...]], index: Sequence[int]) -> tuple[int, int]:
+    """(batch, row in that batch) of the element at ``index`` of ``stack_batches`` of batches of these shapes."""
+    by_rows = _by_rows(shapes)
+    for batch, (where, shape) in enumerate(zip(batch_slices(shapes), shapes)):
+        if where.start <= index[0] < where.stop:
+            offset = index[0] - where.start
+            return batch, offset if by_rows else offset // (math.prod(shape[1:]) or 1)
+    raise IndexError(f"element {list(index)} lies in no batch")
+
+
+def _by_rows(shapes: Sequence[tuple[int, ...]]) -> bool:
+    """Whether batches of these shapes stack on their batch axis (their other axes agree)."""
+    return len({tuple(shape[1:]) for shape in shapes}) <= 1
 
 
 def bound_ratio(actual: np.ndarray, reference: np.ndarray, bound: np.ndarray) -> np.ndarray:
