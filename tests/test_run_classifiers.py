@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from test_pipeline import png_size
 from torch import nn
 
 import zoo
+from export.run import heldout
 from export.run.row import run_row
 from export.run.rows import FAMILIES, Job, plan
 from zoo.models import NAMED_PARTS
@@ -129,3 +131,23 @@ def test_a_row_failing_parity_still_has_the_onnx_models_scores() -> None:
         zoo.activations.unregister("two_faced_test")
     assert (row.ok, row.stage) == (False, "parity")
     assert {"accuracy", "onnx_accuracy", "differ"} <= set(row.heldout) and row.heldout["required"] is None
+
+
+def test_only_classification_sets_with_held_out_rows_are_scored() -> None:
+    assert heldout.scored(zoo.datasets.create("signals", seed=0, n=8, n_test=4))
+    assert not heldout.scored(zoo.datasets.create("signals", seed=0, n=8, n_test=0))
+    assert not heldout.scored(zoo.datasets.create("nonlinear", seed=0, n=8))
+    plain = SimpleNamespace(name="plain", task="classification", x=torch.zeros(4, 2), y=torch.zeros(4, dtype=torch.long),
+                            params={})
+    assert not heldout.scored(plain)  # the dataset contract does not ask for held-out rows
+
+
+def test_the_confusion_matrix_holds_a_class_the_dataset_never_names() -> None:
+    data = zoo.datasets.create("signals", seed=0, n=8, n_test=4)
+    extra = nn.Sequential(nn.Flatten(), nn.Linear(40, 12))  # 12 logits for 10 classes; class 11 always wins
+    with torch.no_grad():
+        extra[1].weight.zero_()
+        extra[1].bias.copy_(torch.arange(12.0))
+    scores, predicted = heldout.score(extra, data, required=None)
+    assert predicted.tolist() == [11] * 4 and scores["accuracy"] == 0
+    assert len(scores["confusion"]) == 12 and sum(row[11] for row in scores["confusion"]) == 4
