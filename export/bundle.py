@@ -24,7 +24,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -106,6 +106,7 @@ def write_bundle(
     keep_on_failure: bool = False,
     timings: dict[str, float] | None = None,
     example_input: torch.Tensor | None = None,
+    on_exported: Callable[[pathlib.Path], None] | None = None,
     **changes: Any,
 ) -> pathlib.Path:
     """Write a verified bundle to ``out_dir`` and return it; raises ParityError / ExportError, leaving nothing.
@@ -116,7 +117,8 @@ def write_bundle(
     only with ``overwrite``; any other existing file or non-empty directory is never touched. With
     ``keep_on_failure`` a failing bundle is still written, to ``<out_dir>.FAILED-PARITY``, and
     ParityError is raised all the same. ``timings``, when given, receives the seconds of the
-    "export" and of the "parity" check.
+    "export" and of the "parity" check. ``on_exported``, when given, is called with the exported model
+    file before its parity check (`zoo run` scores it on held-out rows there, whatever parity says).
     """
     out = pathlib.Path(out_dir)
     options = export_options(options, **changes)
@@ -125,6 +127,8 @@ def write_bundle(
         with timed(timings, "export"):
             model_path = to_onnx(model, staged / MODEL_FILE, options, example_input=example_input)
         os.chmod(model_path, default_mode())
+        if on_exported is not None:
+            on_exported(model_path)
         with timed(timings, "parity"):
             report, probe_set = _parity(model, model_path, shown_as=out / MODEL_FILE, dtype=options.dtype)
         runtime = OnnxModel(model_path)

@@ -351,7 +351,8 @@ def verify_command(bundle: pathlib.Path, runtime: str, as_json: bool) -> None:
     "--input",
     "input_path",
     type=click.Path(path_type=pathlib.Path),
-    help="A .npy file (written by numpy.save) or a TensorProto .pb holding the input batch.",
+    help="A .npy file (written by numpy.save) or a TensorProto .pb holding the input batch: rows (N, F), images "
+    "(N, C, H, W), signals (N, C, L), or token ids (N, L) for a model of one-hot tokens (N, L, V).",
 )
 @click.option(
     "-o",
@@ -374,6 +375,9 @@ def predict_command(
     VALUES are the input's numbers row after row: with a model of F input features, N*F values make
     N rows of F (e.g. `zoo predict mlp.onnx 1 2 3` runs 3 rows through a 1-feature model); a count
     that is not a multiple of F is an error. Negative numbers, nan and inf may be given as they are.
+    Images, signals and token ids come in an --input file. A classifier prints the class of each
+    input (with its name when the training set named them), a sequence classifier the class at
+    each position; --json adds them as "predictions" to the logits, and -o writes the logits.
     """
     from export.runtime import commands
 

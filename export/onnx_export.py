@@ -167,8 +167,8 @@ def to_onnx(
     dtype and, with ``dynamic_batch``, a symbolic batch axis on every input and output, and a
     symbolic input axis for each of ``options.dynamic_axes``. ``example_input`` is what is traced,
     by default a seeded randn of the model's ``zoo_meta`` input shape.
-    ``metadata_props`` hold ``zoo.config`` and ``zoo.training`` (JSON, when the model carries
-    ``zoo_config`` / ``zoo_training``; no timings or devices), ``zoo.version``,
+    ``metadata_props`` hold ``zoo.config``, ``zoo.meta`` and ``zoo.training`` (JSON, when the model carries
+    ``zoo_config`` / ``zoo_meta`` / ``zoo_training``; no timings or devices), ``zoo.version``,
     ``zoo.torch_version``, ``zoo.onnx_version``, ``zoo.opset``, ``zoo.exporter``, ``zoo.dtype``,
     ``zoo.sample_shape`` (the example's shape after the batch axis, JSON), ``zoo.compute`` and
     ``options.metadata``: the same model exported twice gives the same bytes,
@@ -466,6 +466,8 @@ def _set_metadata(proto: onnx.ModelProto, model: torch.nn.Module, options: Expor
     }
     if isinstance(getattr(model, "zoo_config", None), dict):
         props["zoo.config"] = json.dumps(model.zoo_config, sort_keys=True)
+    if isinstance(getattr(model, "zoo_meta", None), dict):
+        props["zoo.meta"] = json.dumps(model.zoo_meta, sort_keys=True)  # the task and input: what `zoo predict` prints
     if isinstance(getattr(model, "zoo_training", None), dict):
         training = {k: v for k, v in model.zoo_training.items() if k not in MACHINE_TRAINING_FIELDS}
         props["zoo.training"] = json.dumps(training, sort_keys=True)

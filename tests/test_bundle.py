@@ -299,6 +299,14 @@ def test_a_parity_failure_leaves_nothing_behind(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_on_exported_runs_the_exported_model_before_its_parity_check(tmp_path):
+    seen = []
+    with pytest.raises(ParityError):
+        write_bundle(SignFlip(), tmp_path / "flip", on_exported=lambda path: seen.append(OnnxModel(path).run([[1.0]])))
+    assert len(seen) == 1 and seen[0].shape == (1, 1)  # called, though the check then failed
+    assert os.listdir(tmp_path) == []
+
+
 def test_keep_on_failure_keeps_the_failing_deliverable_clearly_marked(tmp_path):
     with pytest.raises(ParityError):
         write_bundle(SignFlip(), tmp_path / "flip", keep_on_failure=True)

@@ -126,6 +126,43 @@ def test_predict_values_and_files(bundle, tmp_path):
     np.testing.assert_array_equal(outputs, model.run(read_tensor(probes).array))
 
 
+@pytest.fixture(scope="module")
+def classifiers(tmp_path_factory):
+    """A CNN trained briefly on shapes (whose classes have names) and a transformer over tokens, exported; inputs."""
+    from export import to_onnx
+
+    where = tmp_path_factory.mktemp("classifiers")
+    cnn = zoo.create_model("cnn", input_shape=[1, 12, 12], widths=[4], seed=0)
+    shapes = zoo.datasets.create("shapes", seed=0, n=8, n_test=5, size=12)
+    zoo.train(cnn, shapes, epochs=1, progress=False)
+    np.save(where / "images.npy", shapes.test.x.numpy())  # (N, C, H, W)
+    np.save(where / "ids.npy", np.random.default_rng(0).integers(0, 10, (3, 6)))  # (N, L) token ids
+    np.save(where / "bad_ids.npy", np.array([[1, 2, 12]]))
+    sequences = zoo.create_model("transformer", width=8, depth=1, heads=2, seed=0)
+    return where, to_onnx(cnn, where / "cnn.onnx"), to_onnx(sequences, where / "seq.onnx")
+
+
+def test_predict_names_the_class_of_each_image_and_sequence(capsys, classifiers):
+    where, cnn, sequences = classifiers
+    images, ids = np.load(where / "images.npy"), np.load(where / "ids.npy")
+    logits = OnnxModel(cnn).run(images)
+    labels = ["circle", "square", "triangle", "cross"]
+    shown = zoo_here(capsys, "predict", str(cnn), "--input", str(where / "images.npy"))
+    assert shown.stdout.splitlines() == [f"{k} {labels[k]}" for k in logits.argmax(axis=1)], shown.stderr
+    as_json = json.loads(zoo_here(capsys, "predict", str(cnn), "--input", str(where / "images.npy"), "--json").stdout)
+    assert as_json["predictions"] == logits.argmax(axis=1).tolist() and as_json["labels"] == labels
+    np.testing.assert_array_equal(np.array(as_json["outputs"]["output"], dtype=np.float32), logits)
+
+    shown = zoo_here(capsys, "predict", str(sequences), "--input", str(where / "ids.npy"))
+    expected = OnnxModel(sequences).run(ids).argmax(axis=-1)  # one class per position, any length
+    assert shown.stdout.splitlines() == [" ".join(map(str, row)) for row in expected]
+    written = zoo_here(capsys, "predict", str(sequences), "--input", str(where / "ids.npy"), "-o",
+                       str(where / "logits.npy"))
+    assert written.returncode == 0 and np.load(where / "logits.npy").shape == (3, 6, 10)  # -o keeps the logits
+    assert_one_line_error(zoo_here(capsys, "predict", str(sequences), "--input", str(where / "bad_ids.npy")),
+                          "token id 12 is not one of the model's 10 tokens (0 to 9)")
+
+
 def test_verify_and_predict_never_import_torch_or_onnx(bundle):
     code = (
         "import sys\n"
