@@ -36,6 +36,8 @@ SEQUENCE_AXIS = "sequence"  # the name of an input axis the model takes at any l
 # The dynamo exporter's translations are written for this opset; below it, it falls back to the
 # version converter and silently keeps this opset when that fails.
 DYNAMO_MIN_OPSET = 18
+# Maxima over windows or axes that onnxruntime's CPU kernels compute as a < b ? b : a, dropping NaN.
+NAN_DROPPING_OPS = frozenset({"MaxPool", "ReduceMax"})
 
 
 class ExportError(ZooError):
@@ -168,6 +170,7 @@ def to_onnx(
     axes = dynamic_axes(model, options.dynamic_batch)
     with eval_copy(model, DTYPES[dtype]) as export_model:
         proto = _export(export_model, example, options, axes)
+    proto = _nan_kept(proto)
     proto = _computing_in_float64(proto) if compute == "float64" else _narrow(proto, dtype)
     _strip_machine_facts(proto)
     _validate(proto, options, example.shape[0])
@@ -203,6 +206,15 @@ def _computing_in_float64(proto: onnx.ModelProto) -> onnx.ModelProto:
     from export.passes import compute_in_float64  # onnx_ir loads only for the exports that need a pass
 
     return compute_in_float64(proto)
+
+
+def _nan_kept(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with every max pooling NaN where its window holds a NaN, as torch's (export.passes.PropagateNaNPass)."""
+    if not lowerings.enabled() or not any(node.op_type in NAN_DROPPING_OPS for node in proto.graph.node):
+        return proto
+    from export.passes import propagate_nan  # onnx_ir loads only for the exports that need a pass
+
+    return propagate_nan(proto)
 
 
 def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:
