@@ -11,9 +11,10 @@ Two honest evaluations differ in what rounds, and the bound admits both:
 
 Tier 1: the input's error through |s|, plus BATCH_NORM_ULPS roundings of the terms either form adds
 (|s| sum|terms| + |s mean| + |beta|, PARITY-NOTES "gamma_{n+5}"). Tier 2: the elementwise roundings
-(x s and the add) and the folded weights' (each W_k s rounded once: ROUNDING (u s W_k x_k)^2) as
-spread; what is the same at every element of a channel (s off by a few ulps, the shift rounded) as
-allowance.
+(x s and the add) as spread; what an evaluation does once and then the same for every input as
+allowance: s off by a few ulps, the shift rounded, and, where the input is a sum a runtime may fold
+into, each folded weight W_k s rounded once (u |s| sum|W_k x_k|: a fixed relative change of every
+weight, as systematic as a mutant's and a few ulps in size, never spread as noise).
 """
 
 from __future__ import annotations
@@ -67,21 +68,20 @@ def _batch_norm(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any)
         constant = (s * mean).abs() + shift.abs()
         own = mode.own(size_s * terms + constant, BATCH_NORM_ULPS) + mode.own(y.abs())
         carried = size_s * bound.error
-        # unfolded: x s and + shift round at every element; folded: each weight W_k s and the bias round once
+        # unfolded: x s and + shift round at every element (spread); folded: each weight W_k s once (allowance)
         elementwise = mode.unit**2 * ROUNDING * ((s * x) ** 2 + y**2)
-        folded = None if partial is None else mode.unit**2 * ROUNDING * (s * s * partial.squares + constant**2)
-        variance = (s * s * (torch.zeros_like(y) if bound.spread is None else bound.spread**2)
-                    + elementwise + (0 if folded is None else folded))
-        local = None if bound.local is None and folded is None else \
-            s * s * (0 if bound.local is None else bound.local) + (0 if folded is None else folded)
+        variance = s * s * (torch.zeros_like(y) if bound.spread is None else bound.spread**2) + elementwise
+        local = None if bound.local is None else s * s * bound.local
         allowance = mode.unit * (SCALE_ULPS * (s * (x - mean)).abs() + SHIFT_ULPS * constant)
+        if partial is not None:
+            allowance = allowance + mode.unit * size_s * partial.terms
         if bound.allowance is not None:
             allowance = allowance + size_s * bound.allowance
         result = Bounded(carried + own, variance.sqrt() + mode.tiny, allowance, local=local)
         if partial is not None:
             result.partial = Partial(
                 size_s * partial.terms + constant, partial.count + 1, size_s * partial.carried + own,
-                s * s * partial.squares + constant**2, s * s * partial.variance + folded,
+                s * s * partial.squares + constant**2, s * s * partial.variance,
                 None if partial.nonzero is None else partial.nonzero + 1,
             )
     return [result, None, None]
