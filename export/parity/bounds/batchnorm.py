@@ -1,4 +1,5 @@
-"""The rule for batch normalisation in eval mode: y = s (x - mean) + beta per channel, s = gamma / sqrt(var + eps).
+"""Rules for batch normalisation in eval mode (folded into a conv or a linear layer, or not): y = s (x - mean) + beta
+per channel, s = gamma / sqrt(var + eps).
 
 Two honest evaluations differ in what rounds, and the bound admits both:
 

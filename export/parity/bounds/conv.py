@@ -1,4 +1,5 @@
-"""Rules for convolutions: each output a dot product of the input's window with a kernel, as onnxruntime's
+"""Rules for convolutions 1d to 3d (grouped, depthwise, strided, dilated, transposed) and their padding modes:
+each output a dot product of the input's window with a kernel, as onnxruntime's
 CPU provider computes it (im2col + GEMM, or direct and depthwise kernels, never Winograd or FFT:
 onnxruntime issue 12834), so the componentwise bound of an n-term sum holds with n = Cin/groups * kernel
 elements (+1 for the bias, which a runtime adds inside the same sum). Padding contributes exact zeros.

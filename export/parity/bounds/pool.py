@@ -1,4 +1,5 @@
-"""Rules for pooling: the max of each window, and the mean of each window (a sum divided by its divisor).
+"""Rules for pooling (max, average, adaptive and global, ceil_mode and count_include_pad as torch means them):
+the max of each window, and the mean of each window (a sum divided by its divisor).
 
 Max pooling is exact: moving each element of a window by at most e moves its max by at most the
 largest e of the window, so each tier of the output is the max of that tier over the window (a tie
