@@ -22,6 +22,9 @@ GIB = 2**30
 CHECKS = (
     ("784-1024-1024-10 gelu MLP", "mlp", {"in_features": 784, "out_features": 10, "hidden": [1024, 1024],
                                           "activation": "gelu"}, 24.0),
+    # issue 22's yardstick: a ResNet of about 1M parameters on 32x32 images, within 30 s and 2 GiB
+    ("ResNet 3x32x32, widths 64-128-256 (1.2M parameters)", "resnet",
+     {"input_shape": [3, 32, 32], "widths": [64, 128, 256], "classes": 10}, 30.0),
 )
 
 
@@ -62,7 +65,7 @@ def _child(spec: str) -> None:
         report = check_parity(model, path, strict=False, explain=False)
         seconds = time.perf_counter() - start
     print(json.dumps({
-        "seconds": seconds, "rows": report.rows, "elements": report.rows * model.zoo_meta["input_shape"][0],
+        "seconds": seconds, "rows": report.rows, "elements": report.elements,
         "parameters": sum(p.numel() for p in model.parameters()), "ok": report.ok,
         "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }))

@@ -95,7 +95,7 @@ def test_an_unreachable_scheduler_is_one_line_before_any_row(tmp_path: Path) -> 
 def test_the_matrix_on_a_local_cluster_gives_the_results_of_a_local_run() -> None:
     from export.parity import matrix
 
-    selected = [case for case in matrix.cases(quick=True, activations=["relu"]) if case.model == matrix.ALONE][:4]
+    selected = [case for case in matrix.cases(quick=True, only=["relu"]) if case.model == matrix.ALONE][:4]
     local = matrix.run(selected, upstream=False, jobs=1, stream=io.StringIO())
     dask = matrix.run(selected, upstream=False, jobs=2, cluster="local", stream=io.StringIO())
     assert len(local) == 4 and all(result.ok for result in local)
@@ -105,7 +105,7 @@ def test_the_matrix_on_a_local_cluster_gives_the_results_of_a_local_run() -> Non
 def test_the_matrix_prints_a_line_per_case_when_its_progress_goes_to_a_log() -> None:
     from export.parity import matrix
 
-    selected = [case for case in matrix.cases(quick=True, activations=["relu"]) if case.model == matrix.ALONE][:2]
+    selected = [case for case in matrix.cases(quick=True, only=["relu"]) if case.model == matrix.ALONE][:2]
     log = io.StringIO()
     matrix.run(selected, upstream=False, jobs=1, stream=log)
     lines = log.getvalue().splitlines()

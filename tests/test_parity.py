@@ -22,13 +22,19 @@ from export.runtime.compare import Tolerance, classify, compare_output
 pytestmark = pytest.mark.parity
 
 ACTIVATION_CASES = [c for c in matrix.cases(quick=True) if c.model == matrix.ALONE]
-LAYER_CASES = [c for c in matrix.cases(quick=True, activations=["relu"]) if c.model != matrix.ALONE]
+LAYER_CASES = [c for c in matrix.cases(quick=True, only=["relu"]) if c.model != matrix.ALONE]
+# One case per network, the exporters, opsets and dtypes taken in turn (make parity runs them all).
+_NETWORK_GRID = sorted({(c.exporter, c.opset, c.dtype) for c in matrix.cases(quick=True, only=["conv2d"])})
+NETWORK_CASES = [
+    next(c for c in matrix.cases(quick=True, only=[name]) if (c.exporter, c.opset, c.dtype) == _NETWORK_GRID[k % len(_NETWORK_GRID)])
+    for k, name in enumerate(matrix.NETWORKS)
+]
 
 
 def export_case(case: matrix.Case, directory: Path) -> tuple[nn.Module, Path]:
     model, example = matrix.build(case)
     path = to_onnx(model, directory / f"{case.label()}.onnx", opset=case.opset, exporter=case.exporter,
-                   dtype=case.dtype, example_input=example)
+                   dtype=case.dtype, example_input=example, dynamic_axes=case.dynamic_axes())
     return model, path
 
 
@@ -44,13 +50,21 @@ def test_linear_layer_parity(tmp_path: Path, case: matrix.Case) -> None:
     check_parity(model, path, explain=False)
 
 
+@pytest.mark.parametrize("case", NETWORK_CASES, ids=matrix.Case.label)
+def test_network_parity(tmp_path: Path, case: matrix.Case) -> None:
+    """Convolution, norms, pooling, residual and attention networks pass, each under one exporter, opset, dtype."""
+    model, path = export_case(case, tmp_path)
+    check_parity(model, path, explain=False)
+
+
 def test_every_activation_and_layer_is_covered() -> None:
-    names = {c.activation for c in ACTIVATION_CASES}
+    names = {c.part for c in ACTIVATION_CASES}
     assert set(zoo.activations.names()) <= names and {"gelu_tanh", "softplus_b2_t5"} <= names
     assert {c.model for c in LAYER_CASES} == set(zoo.layers.names())
     assert {(c.exporter, c.dtype) for c in ACTIVATION_CASES} == {
         (e, d) for e in ("torchscript", "dynamo") for d in DTYPES
     }
+    assert {(c.exporter, c.dtype) for c in NETWORK_CASES} == {(e, d) for e in ("torchscript", "dynamo") for d in DTYPES}
 
 
 # -- the bound itself ------------------------------------------------------------------------------

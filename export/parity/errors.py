@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from zoo.errors import ZooError
 
-if TYPE_CHECKING:
-    from export.parity.check import ParityReport
+
+class Explained(Protocol):
+    """What a ParityError carries: a report (``export.parity.ParityReport``) that explains its verdict."""
+
+    def explain(self) -> str: ...
+
+    def __getattr__(self, name: str) -> Any: ...
 
 
 class ParityError(ZooError):
     """The exported model does not compute the torch model's function (``.report`` says where), or its parity
     cannot be judged (``.report`` is None and the message says why: ``export.parity.bounds.BoundError``)."""
 
-    def __init__(self, report: ParityReport | str) -> None:
+    def __init__(self, report: Explained | str) -> None:
         self.report = None if isinstance(report, str) else report
         super().__init__(report if isinstance(report, str) else report.explain())

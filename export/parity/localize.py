@@ -19,7 +19,7 @@ import onnx
 import torch
 
 from export.parity.bounds import ModuleValue, bounded_run
-from export.parity.check import ProbeSet, worst_row
+from export.parity.judging import ProbeSet, worst_row
 from export.runtime.compare import OutputVerdict, compare_output
 
 SCOPES = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's node metadata: ['', 'fc0', 'linear']

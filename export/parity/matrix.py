@@ -1,7 +1,9 @@
-"""The parity matrix: every activation, alone and in an MLP with each linear-layer style, through
-both exporters, every supported opset and both dtypes, with our fixes and with upstream's lowering.
+"""The parity matrix: every activation, alone and in an MLP with each linear-layer style, and a small
+network for each op family beyond them (convolution, batch/group/layer norm, pooling, residual,
+attention: ``export.parity.networks``), through both exporters, every supported opset and both dtypes,
+with our fixes and with upstream's lowering.
 
-    python -m export.parity.matrix [--quick] [--json] [--upstream/--no-upstream]
+    python -m export.parity.matrix [--quick] [--json] [--no-upstream] [--only NAME]...
 
 ``--quick`` keeps the default and the highest opset of each exporter (what tests/ runs).
 """
@@ -27,6 +29,7 @@ from export import lowerings
 from export.onnx_export import DEFAULT_OPSET, EXPORTERS, ExportError, opset_range, to_onnx
 from export.options import DTYPES
 from export.parity.check import check_parity
+from export.parity.networks import NETWORKS, build_network
 from export.run.cluster import ClusterError, tasks
 
 # Activation variants beyond each registered activation with its defaults.
@@ -35,6 +38,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "softplus_b2_t5": {"name": "softplus", "beta": 2.0, "threshold": 5.0},
 }
 ALONE = "alone"
+NETWORK = "network"  # the model kind of a network row
 ALONE_FEATURES = 4
 MLP_CONFIG = {"in_features": 2, "out_features": 1, "hidden": [64, 64]}
 SEED = 0
@@ -44,15 +48,19 @@ SEED = 0
 class Case:
     """One cell of the matrix."""
 
-    activation: str
-    model: str  # ALONE or a layer name
+    part: str  # an activation, or a network of export.parity.networks
+    model: str  # ALONE, a layer name or NETWORK
     exporter: str
     opset: int
     dtype: str
 
     def label(self) -> str:
         """A short, unique, pytest-friendly id."""
-        return f"{self.activation}-{self.model}-{self.exporter}{self.opset}-{self.dtype}"
+        return f"{self.part}-{self.model}-{self.exporter}{self.opset}-{self.dtype}"
+
+    def dynamic_axes(self) -> tuple[int, ...]:
+        """The input axes beyond the batch that take any size (a network's sequence length)."""
+        return NETWORKS[self.part].dynamic_axes if self.model == NETWORK else ()
 
 
 @dataclass
@@ -86,21 +94,23 @@ def opsets(exporter: str, quick: bool) -> list[int]:
     return list(range(low, high + 1))
 
 
-def cases(quick: bool = False, activations: list[str] | None = None) -> list[Case]:
-    """All cases, grouped by activation."""
-    names = activations or list(activation_specs())
-    grid = [
-        (exporter, opset) for exporter in EXPORTERS for opset in opsets(exporter, quick)
-    ]
+def cases(quick: bool = False, only: list[str] | None = None) -> list[Case]:
+    """All cases (or those of the activations and networks ``only`` names), grouped by activation, then networks."""
+    grid = [(exporter, opset) for exporter in EXPORTERS for opset in opsets(exporter, quick)]
+    rows = [(name, kind) for name in activation_specs() for kind in model_kinds()]
+    rows += [(name, NETWORK) for name in NETWORKS]
     return [
         Case(name, kind, exporter, opset, dtype)
-        for name, kind, (exporter, opset), dtype in itertools.product(names, model_kinds(), grid, DTYPES)
+        for (name, kind), (exporter, opset), dtype in itertools.product(rows, grid, DTYPES)
+        if not only or name in only
     ]
 
 
 def build(case: Case) -> tuple[torch.nn.Module, torch.Tensor]:
     """The seeded model of a case and its example input."""
-    spec = dict(activation_specs()[case.activation])
+    if case.model == NETWORK:
+        return build_network(case.part)
+    spec = dict(activation_specs()[case.part])
     name = spec.pop("name")
     generator = torch.Generator().manual_seed(SEED)
     if case.model == ALONE:
@@ -122,7 +132,7 @@ def run_case(work: tuple[Case, bool]) -> Result:
             path = Path(directory) / f"{case.label()}.onnx"
             with lowerings.disabled() if upstream else contextlib.nullcontext():
                 to_onnx(model, path, opset=case.opset, exporter=case.exporter, dtype=case.dtype,
-                        example_input=example)
+                        example_input=example, dynamic_axes=case.dynamic_axes())
             report = check_parity(model, path, strict=False, explain=False)
         report.path = path.name  # the case, not the throwaway directory it was checked in
         ok, detail = report.ok, report.explain()
@@ -169,21 +179,21 @@ def pass_rates(results: list[Result]) -> dict[str, dict[str, float]]:
 
 
 def table(results: list[Result]) -> str:
-    """One row per activation and model, one column per exporter/opset/dtype: ours (upstream)."""
+    """One row per activation (or network) and model, one column per exporter/opset/dtype: ours (upstream)."""
     columns = sorted({(r.case.exporter, r.case.opset, r.case.dtype) for r in results},
                      key=lambda c: (EXPORTERS.index(c[0]), c[1], c[2]))
-    verdict = {(r.case.activation, r.case.model, r.case.exporter, r.case.opset, r.case.dtype, r.upstream): r.ok
+    verdict = {(r.case.part, r.case.model, r.case.exporter, r.case.opset, r.case.dtype, r.upstream): r.ok
                for r in results}
     short = {"torchscript": "ts", "dynamo": "dy"}
-    header = ["activation", "model"] + [f"{short[e]}{o} f{d[-2:]}" for e, o, d in columns]
+    header = ["activation or network", "model"] + [f"{short[e]}{o} f{d[-2:]}" for e, o, d in columns]
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
-    for activation, model in dict.fromkeys((r.case.activation, r.case.model) for r in results):
+    for part, model in dict.fromkeys((r.case.part, r.case.model) for r in results):
         cells = []
         for exporter, opset, dtype in columns:
-            ours = verdict.get((activation, model, exporter, opset, dtype, False))
-            theirs = verdict.get((activation, model, exporter, opset, dtype, True))
+            ours = verdict.get((part, model, exporter, opset, dtype, False))
+            theirs = verdict.get((part, model, exporter, opset, dtype, True))
             cells.append(_mark(ours) + (f" ({_mark(theirs)})" if theirs is not None else ""))
-        lines.append(" | ".join([activation, model, *cells]))
+        lines.append(" | ".join([part, model, *cells]))
     return "\n".join(lines)
 
 
@@ -197,14 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="default and highest opset only")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--no-upstream", dest="upstream", action="store_false", help="skip the upstream baseline")
-    parser.add_argument("--activation", action="append", help="only these activations (repeatable)")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="only this activation or network (repeatable); networks: " + ", ".join(NETWORKS))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="worker processes (with --cluster local: Dask workers)")
     parser.add_argument("--cluster", metavar="ADDRESS",
                         help="run cases on the Dask scheduler at ADDRESS, or 'local' for a LocalCluster here")
     args = parser.parse_args(argv)
     try:
-        results = run(cases(args.quick, args.activation), upstream=args.upstream, jobs=args.jobs,
+        results = run(cases(args.quick, args.only), upstream=args.upstream, jobs=args.jobs,
                       cluster=args.cluster)
     except ClusterError as error:
         parser.exit(2, f"python -m export.parity.matrix: error: {error}\n")
