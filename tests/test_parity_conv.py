@@ -1,5 +1,6 @@
 """Parity for convolutional models written in plain torch: convolutions 1d/2d (groups, depthwise, stride,
-padding and its modes, dilation, transposed), batch norm in eval, max, average, adaptive and global pooling.
+padding and its modes, dilation, transposed), batch norm in eval, max, average, adaptive and global pooling,
+residual adds, concatenation, dropout in eval, and the registry's cnn, cnn1d (im2col too) and resnet.
 
 Each model is exported with both exporters in float32 and float16; its torchscript export goes through
 ``parity_run`` (``check_parity``'s verdict, with the float64 reference and both tiers on every probe) and
@@ -7,8 +8,9 @@ every other evaluation is judged on the same probes: the dynamo export, onnxrunt
 optimisation level (ORT_DISABLE_ALL keeps a BatchNormalization node, the others fold it into the
 Conv or Gemm weights) and thread count, the highest opsets, the dynamo export without its optimizer
 (which keeps BatchNormalization: the exporters fold it at export), OpenVINO and tract where they
-compute the function. Mutants (a conv weight, a batch norm's epsilon or scale, a pooling divisor) are
-those exports edited with the onnx API, and must fail. Real torch, onnx and onnxruntime.
+compute the function. Mutants (a conv weight or bias, a batch norm's epsilon, scale or running variance,
+a pooling window or divisor) are those exports edited with the onnx API, and must fail; a failing conv or
+batch norm node names its module. Real torch, onnx and onnxruntime.
 """
 
 from __future__ import annotations
