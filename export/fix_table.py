@@ -28,6 +28,19 @@ FLOAT16_ROUNDING = (
     "test_float16_rounds_like_torch",
 )
 
+MAX_POOL_NAN = (
+    "every MaxPool and ReduceMax",
+    (
+        "onnxruntime's CPU kernels drop NaN (max(NaN, 1) is 1 wherever the NaN sits in the window; ONNX "
+        "does not say), where torch's max pooling and amax give NaN"
+    ),
+    (
+        "the same op over the NaN mask (IsNaN) and a Where that gives NaN in every window holding one "
+        "(propagate_nan)"
+    ),
+    "test_max_pool_keeps_nan",
+)
+
 
 def builtin() -> list[Lowering]:
     """zoo's own lowerings, as its setup.cfg registers them (third-party ones are not in the table)."""
@@ -38,7 +51,7 @@ def builtin() -> list[Lowering]:
 def markdown() -> str:
     """The table of fixes pasted into the README (export/FIXES.md)."""
     rows = [(f"`{f.op}`", f.exporters, f.upstream, f.ours, f"`{f.test}`") for f in builtin()]
-    for op, upstream, ours, test in (FLOAT64_COMPUTE, FLOAT16_ROUNDING):
+    for op, upstream, ours, test in (FLOAT64_COMPUTE, FLOAT16_ROUNDING, MAX_POOL_NAN):
         rows.append((op, "both", upstream, ours, f"`{test}`"))
     lines = [
         "# Export fixes",

@@ -39,6 +39,8 @@ SAMPLE_SHAPE_KEY = "zoo.sample_shape"
 # The dynamo exporter's translations are written for this opset; below it, it falls back to the
 # version converter and silently keeps this opset when that fails.
 DYNAMO_MIN_OPSET = 18
+# Maxima over windows or axes that onnxruntime's CPU kernels compute as a < b ? b : a, dropping NaN.
+NAN_DROPPING_OPS = frozenset({"MaxPool", "ReduceMax"})
 
 
 class ExportError(ZooError):
@@ -184,6 +186,7 @@ def to_onnx(
         raise ExportError(f"dynamic axis {beyond[0]} is not an axis of the example input of shape {list(example.shape)}")
     with eval_copy(model, DTYPES[dtype]) as export_model:
         proto = _export(export_model, example, options, axes)
+    proto = _nan_kept(proto)
     proto = _computing_in_float64(proto) if compute == "float64" else _narrow(proto, dtype)
     _strip_machine_facts(proto)
     _validate(proto, options, example.shape[0], [axis for axis in axes if axis])
@@ -219,6 +222,15 @@ def _computing_in_float64(proto: onnx.ModelProto) -> onnx.ModelProto:
     from export.passes import compute_in_float64  # onnx_ir loads only for the exports that need a pass
 
     return compute_in_float64(proto)
+
+
+def _nan_kept(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with every max pooling NaN where its window holds a NaN, as torch's (export.passes.PropagateNaNPass)."""
+    if not lowerings.enabled() or not any(node.op_type in NAN_DROPPING_OPS for node in proto.graph.node):
+        return proto
+    from export.passes import propagate_nan  # onnx_ir loads only for the exports that need a pass
+
+    return propagate_nan(proto)
 
 
 def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:

@@ -1,9 +1,11 @@
-"""Graph passes applied to an exported model, on onnx_ir's pass API: float16 rounding made explicit, float64 compute.
+"""Graph passes applied to an exported model, on onnx_ir's pass API: float16 rounding made explicit, float64 compute,
+NaN kept by max pooling.
 
 ``RoundFloat16Pass`` makes float16 rounding explicit after every node, because onnxruntime's CPU
 provider computes float16 chains in float32 without rounding in between, which is neither ONNX's
 nor torch's arithmetic. ``ComputeInFloat64Pass`` computes a float32 graph in float64 and rounds once
-at its outputs (on request only). ``round_float16`` and ``compute_in_float64`` run them on a ModelProto.
+at its outputs (on request only). ``PropagateNaNPass`` makes every max over windows or axes NaN where its window holds a NaN, as torch's are.
+``round_float16``, ``compute_in_float64`` and ``propagate_nan`` run them on a ModelProto.
 Every value a pass adds is named after the value it comes from (``x__f32``, ``y__f16``), so the
 same graph always gives the same bytes; a graph a pass cannot rewrite raises ``ValueError``.
 """
@@ -12,9 +14,12 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common
+
+from export.onnx_export import NAN_DROPPING_OPS
 
 _F16, _F32, _F64 = ir.DataType.FLOAT16, ir.DataType.FLOAT, ir.DataType.DOUBLE
 _NARROW = (_F16, _F32)
@@ -36,6 +41,11 @@ def round_float16(model: onnx.ModelProto) -> onnx.ModelProto:
 def compute_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     """The float32 or float16 ``model`` computed in float64, rounded once at each output (see ComputeInFloat64Pass)."""
     return _run(model, common.InlinePass(), _infer_types(), ComputeInFloat64Pass())
+
+
+def propagate_nan(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every max over windows or axes NaN where its window holds a NaN (see PropagateNaNPass)."""
+    return _run(model, _infer_types(), PropagateNaNPass())
 
 
 def _infer_types() -> ir.passes.PassBase:
@@ -131,6 +141,46 @@ class ComputeInFloat64Pass(ir.passes.InPlacePass):
         _round_outputs(graph, outputs, wide)
         graph.remove(dropped, safe=True)
         return ir.passes.PassResult(model, modified=True)
+
+
+class PropagateNaNPass(ir.passes.InPlacePass):
+    """Give NaN wherever a MaxPool or ReduceMax window holds a NaN, as torch's max pooling and amax do.
+
+    ONNX does not say what these ops give for NaN, and onnxruntime's CPU kernels drop it (max(NaN, 1) is
+    1 at any position in the window). The same op over the NaN mask finds the windows that hold one,
+    and a Where puts NaN there; every other value is the op's own. The new nodes carry the op's name
+    and scope, so a failure inside still names its module. Needs value types (run shape inference first).
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        maxima = [node for node in graph if node.op_type in NAN_DROPPING_OPS and node.domain in ("", "ai.onnx")]
+        for node in maxima:
+            graph.insert_after(node, _nan_where_found(node))
+        return ir.passes.PassResult(model, modified=bool(maxima))
+
+
+def _nan_where_found(node: ir.Node) -> list[ir.Node]:
+    """IsNaN, the node's op over the mask, and a Where that gives NaN where the mask's max is 1."""
+    x, y = node.inputs[0], node.outputs[0]
+    name = y.name
+    y.name = f"{name}__max"
+
+    def add(op_type: str, inputs: list[ir.Value | None], attributes: dict, suffix: str, output: str = "") -> ir.Node:
+        made = ir.node(op_type, inputs, attributes, name=f"{node.name}{suffix}", metadata_props=dict(node.metadata_props))
+        made.outputs[0].name = output or f"{name}{suffix}"
+        return made
+
+    isnan = add("IsNaN", [x], {}, "__isnan")
+    mask = add("Cast", isnan.outputs, {"to": x.dtype}, "__nan_mask")
+    found = add(node.op_type, [mask.outputs[0], *node.inputs[1:]], dict(node.attributes), "__nan_found")
+    hit = add("Cast", found.outputs, {"to": ir.DataType.BOOL}, "__nan_hit")
+    nan = add("Constant", [], {"value": ir.tensor(np.array(np.nan, x.dtype.numpy()))}, "__nan")
+    where = add("Where", [hit.outputs[0], nan.outputs[0], y], {}, "__nan_kept", output=name)
+    where.outputs[0].type, where.outputs[0].shape = y.type, y.shape  # y's place, graph output included
+    y.replace_all_uses_with(where.outputs[0], replace_graph_outputs=True)
+    where.replace_input_with(2, y)  # replace_all_uses_with rewired the Where's own input too
+    return [isnan, mask, found, hit, nan, where]
 
 
 def _values(graph: ir.Graph) -> list[ir.Value]:

@@ -135,6 +135,28 @@ def test_rrelu_dynamo(tmp_path: Path) -> None:
     assert agrees(model, ours, values)
 
 
+class _GlobalMax(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3))
+
+
+MAX_POOLS = [  # MaxPool from either exporter, ReduceMax
+    pytest.param(nn.MaxPool2d(3, stride=1, padding=1), "torchscript", id="max_pool-torchscript"),
+    pytest.param(nn.MaxPool2d(2), "dynamo", id="max_pool-dynamo"),
+    pytest.param(nn.AdaptiveMaxPool2d(1), "torchscript", id="adaptive_max_pool"),
+    pytest.param(_GlobalMax(), "dynamo", id="amax"),
+]
+
+
+@pytest.mark.parametrize(("model", "exporter"), MAX_POOLS)
+def test_max_pool_keeps_nan(tmp_path: Path, model: nn.Module, exporter: str) -> None:
+    image = np.arange(16.0).reshape(1, 1, 4, 4)
+    values = np.concatenate([np.where(np.arange(16).reshape(1, 1, 4, 4) == at, NAN, image) for at in (0, 5, 15)])
+    upstream, ours = export_both(model, tmp_path, torch.randn(2, 1, 4, 4), exporter=exporter)
+    assert not agrees(model, upstream, values.tolist())  # onnxruntime's max drops the NaN
+    assert agrees(model, ours, values.tolist())
+
+
 @pytest.mark.parametrize("activation", ["relu", "elu"])
 def test_float16_rounds_like_torch(tmp_path: Path, activation: str) -> None:
     """compute="float16" rounds every node to float16 as torch does. Without explicit rounding,
@@ -194,7 +216,8 @@ def test_the_same_model_exported_twice_gives_the_same_bytes(tmp_path: Path, expo
 def test_fixes_markdown_is_current() -> None:
     path = Path(fix_table.__file__).with_name("FIXES.md")
     assert path.read_text() == fix_table.markdown(), "regenerate: python -c 'from export import fix_table; ...'"
-    documented = {f.test for f in fix_table.builtin()} | {fix_table.FLOAT16_ROUNDING[-1], fix_table.FLOAT64_COMPUTE[-1]}
+    documented = {f.test for f in fix_table.builtin()} | {
+        fix_table.FLOAT16_ROUNDING[-1], fix_table.FLOAT64_COMPUTE[-1], fix_table.MAX_POOL_NAN[-1]}
     assert documented <= set(globals()), documented - set(globals())
 
 

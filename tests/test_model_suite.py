@@ -7,6 +7,7 @@ registered conv, norm and pool is built, run backward and exported by both expor
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,9 @@ import torch
 from torch import nn
 
 import zoo
-from export import to_onnx
+from export import check_parity, to_onnx
 from export.onnx_export import dynamic_axes
+from export.parity.bounds import BoundError
 from zoo.models import NAMED_PARTS, example_shape, listed_input_shape
 
 VARIANTS = [
@@ -28,8 +30,10 @@ VARIANTS = [
 CASES = [(name, {}) for name in zoo.list_models()] + VARIANTS
 # Sizes other than the example's (batch 2, any-length axes EXAMPLE_LENGTH) that the exports must take.
 OTHER_SIZES = [(1, 2), (5, 7)]
-# PLACEHOLDER, not the parity rule: a plain sanity tolerance until export.parity judges conv, norm and
-# attention graphs (the issue "Parity for the models people deploy"); then these exports go through it.
+# Probe input elements per export: every probe value still appears (export.parity.probes), in seconds.
+PARITY_BUDGET = 2**13
+# PLACEHOLDER, not the parity rule: a plain sanity tolerance for the exports whose ops export.parity has
+# no rule for yet (the issue "Parity for the models people deploy"); every other export goes through it.
 SANITY = {"rtol": 1e-4, "atol": 1e-5}
 
 
@@ -45,10 +49,12 @@ def model(request) -> nn.Module:
 
 
 @pytest.fixture(scope="module", params=["torchscript", "dynamo"])
-def exported(request, model, tmp_path_factory) -> tuple[nn.Module, onnxruntime.InferenceSession, onnx.ModelProto]:
-    path = to_onnx(model, tmp_path_factory.mktemp("suite") / "model.onnx", exporter=request.param)
+def exported(request, model, tmp_path_factory) -> tuple[nn.Module, onnxruntime.InferenceSession, onnx.ModelProto, Any]:
+    """The model as exported (a copy: training elsewhere moves its running statistics), its session, graph and path."""
+    frozen = copy.deepcopy(model).eval()
+    path = to_onnx(frozen, tmp_path_factory.mktemp("suite") / "model.onnx", exporter=request.param)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return model, session, onnx.load(path)
+    return frozen, session, onnx.load(path), path
 
 
 def batch(model: nn.Module, size: int = 3, length: int = 4, seed: int = 0) -> torch.Tensor:
@@ -107,17 +113,28 @@ def test_zoo_list_reads_the_input_shape_the_model_has(model):
 
 
 def test_exports_run_in_onnxruntime_at_other_sizes(exported):
-    model, session, proto = exported
+    model, session, proto, _ = exported
     names = dynamic_axes(model)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [names.get(axis, size) for axis, size in enumerate(example_shape(model.zoo_meta["input_shape"]))]
     for size, length in OTHER_SIZES:
-        x = batch(model, size, length, seed=1)
-        with torch.no_grad():
-            expected = model.eval()(x).numpy()
-        got = session.run(None, {"input": x.numpy()})[0]
-        assert got.shape == expected.shape
-        np.testing.assert_allclose(got, expected, **SANITY)
+        got = session.run(None, {"input": batch(model, size, length, seed=1).numpy()})[0]
+        assert got.shape == output_shape(model, size, length)
+
+
+def test_exports_pass_parity(exported):
+    """check_parity on probes of several batch sizes and lengths; the placeholder tolerance where an op has no rule."""
+    model, session, _, path = exported
+    try:
+        report = check_parity(model, path, strict=False, explain=False, budget=PARITY_BUDGET)
+    except BoundError:
+        for size, length in OTHER_SIZES:
+            x = batch(model, size, length, seed=1)
+            with torch.no_grad():
+                expected = model(x).numpy()
+            np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected, **SANITY)
+        return
+    assert report.ok, report.summary()
 
 
 def test_every_registered_part_is_in_the_suite():

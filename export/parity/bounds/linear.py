@@ -28,6 +28,22 @@ def _matmul(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) -> 
 def _dot(mode: BoundMode, func: Any, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor,
          bias: torch.Tensor | None = None) -> Bounded:
     """The terms a_ij b_jk summed over j; an operand with no error costs no extra product."""
+    with mode.pause():
+        # adding a zero term is exact: rounding happens at the nonzero terms only (ReLU zeros, padding)
+        columns = mode.weights.derived(b, "nonzero", lambda t: (t != 0).sum(-2, keepdim=True).to(torch.float64))
+        nonzero = torch.minimum((a != 0).sum(-1, keepdim=True).to(torch.float64), columns)
+    partial, allowance = products(mode, func, a, b, out, a.shape[-1], nonzero)
+    if bias is not None:
+        with mode.pause():
+            partial = joined(mode, partial, bias, 1.0)
+            allowance = add_parts(allowance, mode.bounded(bias).allowance)
+    return finished(mode, partial, out, allowance)
+
+
+def products(mode: BoundMode, func: Any, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, count: int,
+             nonzero: torch.Tensor | None) -> tuple[Partial, torch.Tensor | None]:
+    """The unrounded sum ``func(a, b)`` of ``count`` products (``func`` bilinear: a matrix product, a
+    convolution) with both tiers of its inputs carried through it, and its allowance."""
     ba, bb = mode.bounded(a), mode.bounded(b)
     with mode.pause():
         ea, eb = ba.error, bb.error
@@ -51,15 +67,8 @@ def _dot(mode: BoundMode, func: Any, a: torch.Tensor, b: torch.Tensor, out: torc
             None if ba.allowance is None else func(ba.allowance, size_b + eb),
             None if bb.allowance is None else func(size_a, bb.allowance),
         )
-        # adding a zero term is exact: rounding happens at the nonzero terms only (ReLU zeros, padding)
-        columns = mode.weights.derived(b, "nonzero", lambda t: (t != 0).sum(-2, keepdim=True).to(torch.float64))
-        nonzero = torch.minimum((a != 0).sum(-1, keepdim=True).to(torch.float64), columns)
-        partial = Partial(terms, a.shape[-1], carried, squares,
-                          torch.zeros_like(out) if variance is None else variance, nonzero)
-        if bias is not None:
-            partial = joined(mode, partial, bias, 1.0)
-            allowance = add_parts(allowance, mode.bounded(bias).allowance)
-    return finished(mode, partial, out, allowance)
+    return Partial(terms, count, carried, squares, torch.zeros_like(out) if variance is None else variance,
+                   nonzero), allowance
 
 
 @rule(aten.addmm)

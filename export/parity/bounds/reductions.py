@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from export.parity.bounds.core import (
     Bounded,
     BoundMode,
     Partial,
+    add_parts,
     aten,
     finished,
     gamma,
@@ -67,8 +69,15 @@ def _reduce(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) -> 
                           torch.zeros_like(out) if bound.spread is None else summed(bound.spread**2))
         allowance = None if bound.allowance is None else summed(bound.allowance)
         result = finished(mode, partial, total, allowance)
-        if not mean:
-            return result
-        return Bounded(result.error / count + mode.own(out.abs()), quadrature(result.spread / count,
-                       rounding_spread(mode, out.abs())), scaled(allowance, 1 / count), local=result.local / count**2)
+        return divided(mode, result, out, count) if mean else result
+
+
+def divided(mode: BoundMode, total: Bounded, out: torch.Tensor, divisor: Any) -> Bounded:
+    """Both tiers of ``out`` = a sum (``total``, with its partial) / ``divisor``: the division rounds (at random); a
+    runtime that multiplies by 1 / divisor rounded it once (the same everywhere). The sum may overflow on the way.
+    Call it inside ``mode.pause()``."""
+    size = out.abs()
+    error = (total.error / divisor + mode.own(size, 2.0)).masked_fill(total.partial.terms > mode.max, math.inf)
+    return Bounded(error, quadrature(total.spread / divisor, rounding_spread(mode, size)),
+                   add_parts(scaled(total.allowance, 1 / divisor), mode.unit * size), local=total.local / divisor**2)
 

@@ -1,4 +1,5 @@
-"""Rules for ops that move values without computing: views, copies, reshapes, concatenation, new constants."""
+"""Rules for ops that move values without computing: views, copies, reshapes, concatenation, the windows of
+im2col (F.unfold: padding adds exact zeros), new constants."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from export.parity.bounds.core import Bounded, BoundMode, Partial, aten, flat, r
     aten.view, aten._unsafe_view, aten.reshape, aten.t, aten.permute, aten.transpose, aten.unsqueeze, aten.squeeze,
     aten.expand, aten.clone, aten.alias, aten.detach, aten.slice, aten.select, aten.narrow, aten.split,
     aten.split_with_sizes, aten.chunk, aten.unbind, aten.cat, aten.stack, aten.flatten, aten._to_copy, aten.contiguous,
-    aten.lift_fresh, aten.repeat,
+    aten.lift_fresh, aten.repeat, aten.im2col,
 )
 def _moves(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     """Views, copies and reshapes: both tiers (and an unrounded sum's parts) move with the values."""
