@@ -54,15 +54,19 @@ class Residual(nn.Module):
 
 
 class Causal(nn.Module):
-    """scaled_dot_product_attention with a causal mask, queries, keys and values from one linear layer."""
+    """scaled_dot_product_attention over heads with a causal mask, queries, keys and values from one linear
+    layer, as GPT-style blocks write it."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, heads: int) -> None:
         super().__init__()
+        self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        batch, length, width = x.shape
+        q, k, v = (t.reshape(batch, length, self.heads, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return y.transpose(1, 2).reshape(batch, length, width)
 
 
 def _conv2d() -> nn.Module:
@@ -113,7 +117,7 @@ NETWORKS: dict[str, Network] = {
     "residual_block": Network(lambda: nn.Sequential(nn.Conv2d(2, 4, 1), Residual(4)), (2, 5, 5)),
     "layer_norm": Network(_layer_norm, (6,)),
     "multihead_attention": Network(lambda: SelfAttention(8, 2), (5, 8), SEQUENCE),
-    "causal_sdpa": Network(lambda: Causal(8), (5, 8), SEQUENCE),
+    "causal_sdpa": Network(lambda: Causal(8, 2), (5, 8), SEQUENCE),
     "transformer_encoder": Network(_encoder, (5, 8), SEQUENCE),
 }
 
