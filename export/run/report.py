@@ -57,7 +57,7 @@ def write_report(report: Report, out: pathlib.Path) -> None:
     write_atomic(out / "report.md", markdown(report).encode())
 
 
-TABLE_HEADER = ("model", "activation", "layer", "norm", "train loss", "held-out", "computes", "worst/bound", "seconds",
+TABLE_HEADER = ("model", "activation", "layer", "norm", "train loss", "held-out", "computes", "worst/bound", "worst/stat", "seconds",
                 "status")
 REGRESSION_HEADER = ("layer", "fit", "w", "b", "MSE (all rows)")
 # (key in Row.regression, label, number format): the notes print two decimals and no MSE.
@@ -68,9 +68,10 @@ TABLE_NOTE = ("`train loss` is the trained model's loss on all its training rows
               "for a classifier): the last point of its history in report.json and training.png. `held-out` is a "
               "classifier's accuracy on held-out rows (per position for sequences). "
               "Parity is judged on every probe (inputs up to +-3e38, infinities and NaN included) against the "
-              "model's float64 value: each element must lie within the error bound that float arithmetic allows "
-              "any correct evaluation (sums grow it with the size of their terms, each op adds its rounding). "
-              "`worst/bound` is the largest error in units of that bound: at most 1 passes. `computes` is the "
+              "model's float64 value: each element must lie within the worst-case bound that float arithmetic allows "
+              "any correct evaluation, and within 8 spreads of honest rounding plus a deterministic allowance (the "
+              "statistical bound: roundings independent, so a sum's error grows like the root of its length). "
+              "`worst/bound` and `worst/stat` are the largest error in units of each: at most 1 passes. `computes` is the "
               "dtype the exported graph computes in. `seconds` is the row's wall time; report.json splits it "
               "into train, regression, heldout (torch) and heldout_onnx, export and parity.")
 
@@ -88,7 +89,8 @@ def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
     """The summary table, header first: one line per row."""
     return [TABLE_HEADER, *((row.name, row.activation, row.layer, row.norm, _num(row.train_loss, ".4g"),
                              _percent((row.heldout or {}).get("accuracy")), row.compute or "-",
-                             _num(row.worst_ratio, ".3g"), f"{row.total_seconds:.1f}", row.status())
+                             _num(row.worst_ratio, ".3g"), _num(row.worst_statistical, ".3g"),
+                             f"{row.total_seconds:.1f}", row.status())
                             for row in rows)]
 
 

@@ -100,11 +100,10 @@ def _run_stages(job: Job, row: Row, target: pathlib.Path, *, device: str, opset:
     except ParityError as exc:
         row.stage = "parity"
         if exc.report is not None:  # None: an op without a rule, nothing judged
-            row.worst_ratio, row.max_abs_error = exc.report.worst_ratio, exc.report.max_abs_error
+            _judged(row, exc.report.to_dict())
         raise
     manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
-    parity = manifest["parity"]
-    row.worst_ratio, row.max_abs_error = float(parity["worst_ratio"]), float(parity["max_abs_error"])
+    _judged(row, manifest["parity"])
     row.compute = manifest["compute"]
     row.onnx = f"models/{bundle_dir('.', job.name).name}/model.onnx"
     row.stage, row.ok = "done", True
@@ -203,3 +202,10 @@ def store_bundle(out: str | os.PathLike[str], finished: Finished) -> None:
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+
+
+def _judged(row: Row, parity: dict) -> None:
+    """The row's parity figures from a report's dict (a manifest's ``parity``): the worst element in units of each
+    tier and the largest absolute error."""
+    row.worst_ratio, row.max_abs_error = float(parity["worst_ratio"]), float(parity["max_abs_error"])
+    row.worst_statistical = float(parity["worst_statistical"])

@@ -128,7 +128,8 @@ class Row:
     stage: str = "build"  # the step that failed (build, train, accuracy, export, parity, crash), or "done"
     error: str | None = None
     train_loss: float | None = None  # zoo.train's final_loss: the last point of history
-    worst_ratio: float | None = None  # the largest parity error in units of its float error bound (<= 1 passes)
+    worst_ratio: float | None = None  # the largest parity error in units of its worst-case bound (<= 1 passes)
+    worst_statistical: float | None = None  # ... and of its statistical bound (<= 1 passes)
     max_abs_error: float | None = None
     onnx: str | None = None  # the exported model, relative to the output directory
     compute: str | None = None  # the dtype the exported graph computes in
