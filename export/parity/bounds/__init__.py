@@ -3,7 +3,15 @@ one rule per family of ATen ops, each in its own module: ``views``, ``arithmetic
 products), ``elementwise``, ``reductions``. A family module registers its rules with ``core.rule``.
 """
 
-from export.parity.bounds import arithmetic, elementwise, linear, reductions, views  # noqa: F401 - register rules
+from export.parity.bounds import (  # noqa: F401 - register rules
+    arithmetic,
+    attention,
+    elementwise,
+    linear,
+    norm,
+    reductions,
+    views,
+)
 from export.parity.bounds.core import (
     RULES,
     UNIT,

@@ -89,6 +89,11 @@ KERNEL_SPREAD = 2.0
 TAIL = 5.0
 
 aten = torch.ops.aten
+# Norms with 1-d weights that are not elementwise: a row's statistics mix its values, so at an infinite
+# value every float evaluation gives NaN, and torch's float64 value at +-LARGE (its statistics
+# overflowing) is no limit of the function.
+ROW_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm, torch.nn.LocalResponseNorm,
+             torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d)
 
 
 class BoundError(ZooError, ValueError):
@@ -245,7 +250,7 @@ def _float64_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def _hooked(module: torch.nn.Module, name: str, mode: BoundMode, record: bool) -> Iterator[None]:
     """Give an activation its limits at +-inf, and record the module's output when asked."""
-    elementwise = all(p.dim() < 2 for p in module.parameters())
+    elementwise = all(p.dim() < 2 for p in module.parameters()) and not isinstance(module, ROW_NORMS)
 
     def hook(mod: torch.nn.Module, inputs: tuple[Any, ...], output: Any) -> Any:
         if not isinstance(output, torch.Tensor) or not inputs or not isinstance(inputs[0], torch.Tensor):

@@ -36,6 +36,7 @@ def _softmax(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) ->
         weighted = e + (p * e).sum(dim, keepdim=True)
         n = x.shape[dim]
         shifted = nan_to_inf((x - x.amax(dim, keepdim=True)).abs())  # its rounding moves exp(x - max) by u |x - max|
+        shifted = shifted.masked_fill(torch.isneginf(x) & (e == 0), 0.0)  # an exact -inf (a mask) weighs exactly 0
         # tier 2: e_i - sum_j p_j e_j with independent e: variances sigma_i^2 + sum_j p_j^2 sigma_j^2
         spread = None if bound.spread is None else \
             (bound.spread**2 + ((p * bound.spread) ** 2).sum(dim, keepdim=True)).sqrt()
