@@ -7,7 +7,15 @@ import sys
 
 import torch
 
-from bench import bench_classify, bench_export, bench_registry, bench_runtime, bench_scale, bench_train
+from bench import (
+    bench_classify,
+    bench_export,
+    bench_parity,
+    bench_registry,
+    bench_runtime,
+    bench_scale,
+    bench_train,
+)
 from bench.common import print_table
 
 
@@ -18,6 +26,7 @@ def main() -> None:
         *bench_train.figures(),
         *bench_classify.figures(),
         *bench_export.figures(),
+        *bench_parity.figures(),
         *bench_runtime.figures(),
         *bench_scale.figures(),
     ]

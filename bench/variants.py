@@ -307,18 +307,24 @@ def _value_of(proto: onnx.ModelProto, name: str, x: np.ndarray) -> np.ndarray:
     return session.run([name], {proto.graph.input[0].name: x})[0].reshape(len(x), -1)
 
 
+LINEAR_OPS = ("Gemm", "MatMul", "Conv")
+
+
 def scalar_constants(proto: onnx.ModelProto) -> list[tuple[str, float]]:
-    """Every scalar float constant of the graph (an activation's constants): (where, value)."""
+    """Every scalar float constant of the graph outside the linear layers (an activation's constants): (where, value)."""
+    weights = {name for node in proto.graph.node if node.op_type in LINEAR_OPS for name in node.input[1:]}
     found = []
     for init in proto.graph.initializer:
+        if init.name in weights:
+            continue
         array = numpy_helper.to_array(init)
-        if array.size == 1 and np.issubdtype(array.dtype, np.floating) and math.isfinite(float(array)):
-            found.append((f"initializer:{init.name}", float(array)))
+        if array.size == 1 and np.issubdtype(array.dtype, np.floating) and math.isfinite(float(array.reshape(-1)[0])):
+            found.append((f"initializer:{init.name}", float(array.reshape(-1)[0])))
     for node in proto.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
             array = numpy_helper.to_array(node.attribute[0].t)
-            if array.size == 1 and np.issubdtype(array.dtype, np.floating) and math.isfinite(float(array)):
-                found.append((f"constant:{node.output[0]}", float(array)))
+            if array.size == 1 and np.issubdtype(array.dtype, np.floating) and math.isfinite(float(array.reshape(-1)[0])):
+                found.append((f"constant:{node.output[0]}", float(array.reshape(-1)[0])))
     return [(where, value) for where, value in found if value not in (0.0, 1.0, -1.0)]
 
 
@@ -337,9 +343,10 @@ def scaled_constant(where: str, factor: float) -> Edit:
 
 
 def slopes(proto: onnx.ModelProto) -> list[tuple[str, str]]:
-    """Every float attribute that sets a slope or a scale (LeakyRelu's alpha, Elu's alpha, ...): (node, attribute)."""
-    return [(node.name or node.output[0], a.name) for node in proto.graph.node for a in node.attribute
-            if a.type == onnx.AttributeProto.FLOAT and a.name in ("alpha", "beta", "gamma", "lambd")]
+    """Every float attribute of an activation node that sets a slope or a scale (LeakyRelu's alpha, Elu's
+    alpha, ...): (node, attribute)."""
+    return [(node.name or node.output[0], a.name) for node in proto.graph.node if node.op_type not in LINEAR_OPS
+            for a in node.attribute if a.type == onnx.AttributeProto.FLOAT and a.name in ("alpha", "beta", "gamma", "lambd")]
 
 
 def scaled_slope(node_name: str, attribute: str, factor: float) -> Edit:

@@ -24,7 +24,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ from export.onnx_export import ExportError, ExportOptions, export_options, to_on
 from export.parity import ParityError, ParityReport, ProbeSet, parity_run
 from export.parity.bounds import UNIT
 from export.runtime import BundleError, OnnxModel, encode_tensor, is_bundle, verify_bundle
-from export.runtime.compare import SPREADS
+from export.runtime.compare import SPREADS, Tolerance
 from export.runtime.integrity import file_table
 from export.runtime.verify import (
     FORMAT,
@@ -60,12 +60,13 @@ def write_onnx(
     overwrite: bool = False,
     keep_on_failure: bool = False,
     timings: dict[str, float] | None = None,
+    example_input: torch.Tensor | None = None,
     **changes: Any,
 ) -> ParityReport:
     """Export ``model`` to ``path`` only if it passes the parity check (ParityError otherwise); return the report.
 
-    ``options`` (an ExportOptions, or its fields as keywords) say how, as for ``to_onnx``. With
-    ``keep_on_failure`` a failing model is still written, as ``<stem>.FAILED-PARITY.onnx`` beside
+    ``options`` (an ExportOptions, or its fields as keywords) and ``example_input`` say how, as for
+    ``to_onnx``. With ``keep_on_failure`` a failing model is still written, as ``<stem>.FAILED-PARITY.onnx`` beside
     ``path`` with its report in ``<stem>.FAILED-PARITY.json``, and ParityError is raised all the same.
     ``timings``, when given, receives the seconds of the "export" and of the "parity" check.
     """
@@ -74,7 +75,7 @@ def write_onnx(
     preflight(path, bundle=False, overwrite=overwrite)
     with parents_made(path), _staged(path, directory=False) as staged:
         with timed(timings, "export"):
-            to_onnx(model, staged, options)
+            to_onnx(model, staged, options, example_input=example_input)
         os.chmod(staged, default_mode())
         with timed(timings, "parity"):
             report, _ = _parity(model, staged, shown_as=path, dtype=options.dtype)
@@ -104,25 +105,30 @@ def write_bundle(
     overwrite: bool = False,
     keep_on_failure: bool = False,
     timings: dict[str, float] | None = None,
+    example_input: torch.Tensor | None = None,
+    on_exported: Callable[[pathlib.Path], None] | None = None,
     **changes: Any,
 ) -> pathlib.Path:
     """Write a verified bundle to ``out_dir`` and return it; raises ParityError / ExportError, leaving nothing.
 
-    ``options`` (an ExportOptions, or its fields as keywords) say how, as for ``to_onnx``. The
-    export must pass ``check_parity`` and the finished bundle must pass ``verify_bundle`` (the
+    ``options`` (an ExportOptions, or its fields as keywords) and ``example_input`` say how, as for
+    ``to_onnx``. The export must pass ``check_parity`` and the finished bundle must pass ``verify_bundle`` (the
     same rule on the same probes) before it is renamed into place. An existing bundle is replaced
     only with ``overwrite``; any other existing file or non-empty directory is never touched. With
     ``keep_on_failure`` a failing bundle is still written, to ``<out_dir>.FAILED-PARITY``, and
     ParityError is raised all the same. ``timings``, when given, receives the seconds of the
-    "export" and of the "parity" check.
+    "export" and of the "parity" check. ``on_exported``, when given, is called with the exported model
+    file before its parity check (`zoo run` scores it on held-out rows there, whatever parity says).
     """
     out = pathlib.Path(out_dir)
     options = export_options(options, **changes)
     preflight(out, bundle=True, overwrite=overwrite)
     with parents_made(out), _staged(out, directory=True) as staged:
         with timed(timings, "export"):
-            model_path = to_onnx(model, staged / MODEL_FILE, options)
+            model_path = to_onnx(model, staged / MODEL_FILE, options, example_input=example_input)
         os.chmod(model_path, default_mode())
+        if on_exported is not None:
+            on_exported(model_path)
         with timed(timings, "parity"):
             report, probe_set = _parity(model, model_path, shown_as=out / MODEL_FILE, dtype=options.dtype)
         runtime = OnnxModel(model_path)
@@ -222,29 +228,32 @@ def _swap_in(staged: pathlib.Path, out: pathlib.Path) -> None:
 def _write_test_data(probe_set: ProbeSet, runtime: OnnxModel, out: pathlib.Path, dtype: str) -> int:
     """Write every probe batch with its reference (rounded, and float64) and bound; return how many sets.
 
-    A static batch axis takes the probe rows in sets of that size, the last one wrapped around.
+    A static batch axis takes each probe batch in sets of that size, the last one wrapped around.
     """
-    batch = runtime.input_shape[0]
-    if isinstance(batch, int):
-        rows = len(probe_set.inputs)
-        take = [np.arange(start, start + batch) % rows for start in range(0, rows, batch)]
-    else:
-        ends = np.cumsum([p.batch for p in probe_set.batches])
-        take = [np.arange(end - p.batch, end) for p, end in zip(probe_set.batches, ends)]
-    inputs = probe_set.inputs
-    for index, rows in enumerate(take):
-        set_dir = out / f"{SET_PREFIX}{index}"
-        set_dir.mkdir()
-        write_tensor(set_dir / "input_0.pb", inputs[rows], name=runtime.input_name)
-        for position, name in enumerate(runtime.output_names):
-            reference = probe_set.references[position][rows]
-            with np.errstate(over="ignore"):
-                write_tensor(set_dir / f"output_{position}.pb", reference.astype(dtype), name=name)
-            write_tensor(set_dir / f"reference_{position}.pb", reference, name=name)
-            tolerance = probe_set.tolerances[position].rows(rows)
-            for kind in TOLERANCE_FILES:
-                write_tensor(set_dir / f"{kind}_{position}.pb", getattr(tolerance, kind), name=name)
-    return len(take)
+    static = runtime.input_shape[0]
+    index = 0
+    for number, probe in enumerate(probe_set.batches):
+        pieces = [probe_set.piece(position, number) for position in range(len(runtime.output_names))]
+        chunk = static if isinstance(static, int) else probe.batch
+        for start in range(0, probe.batch, chunk):
+            rows = np.arange(start, start + chunk) % probe.batch
+            _write_set(out / f"{SET_PREFIX}{index}", probe.data[rows], [(r[rows], t.rows(rows)) for r, t in pieces],
+                       runtime, dtype)
+            index += 1
+    return index
+
+
+def _write_set(set_dir: pathlib.Path, x: np.ndarray, expected: list[tuple[np.ndarray, Tolerance]], runtime: OnnxModel,
+               dtype: str) -> None:
+    """One test data set: the input, and per output its rounded and float64 reference and its tolerance."""
+    set_dir.mkdir()
+    write_tensor(set_dir / "input_0.pb", x, name=runtime.input_name)
+    for position, (name, (reference, tolerance)) in enumerate(zip(runtime.output_names, expected)):
+        with np.errstate(over="ignore"):
+            write_tensor(set_dir / f"output_{position}.pb", reference.astype(dtype), name=name)
+        write_tensor(set_dir / f"reference_{position}.pb", reference, name=name)
+        for kind in TOLERANCE_FILES:
+            write_tensor(set_dir / f"{kind}_{position}.pb", getattr(tolerance, kind), name=name)
 
 
 def _manifest(

@@ -18,9 +18,10 @@ import click
 
 import zoo
 from export.options import COMPUTE, DTYPES, EXPORTERS, RUNTIMES, TRACE_BATCH
-from zoo.errors import CheckpointError
+from zoo.errors import BadArgumentsError, CheckpointError
 from zoo.files import check_output, parents_made
-from zoo.options import CHECKPOINT_SUFFIXES, emit_json, model_training_options, train_from_options
+from zoo.models import parse_part
+from zoo.options import CHECKPOINT_SUFFIXES, Widths, emit_json, model_training_options, train_from_options
 
 
 @contextlib.contextmanager
@@ -40,6 +41,20 @@ def _progress(message: str) -> None:
     """A status line on stderr, only when a person is watching it."""
     if sys.stderr.isatty():
         click.echo(message, err=True)
+
+
+class Argument(click.ParamType):
+    """`key=value` -> {key: value}: a factory's keyword argument, the value read as a JSON scalar or a word."""
+
+    name = "key=value"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_part(f"factory:{value}")[1]
+        except BadArgumentsError:
+            self.fail(f"{value!r} is not key=value (a number, true/false/null or a word)", param, ctx)
 
 
 # -- zoo export -----------------------------------------------------------------------------------
@@ -102,6 +117,13 @@ def _progress(message: str) -> None:
     help="When parity fails, still write the model (or bundle) and its report beside -o, named "
     "*.FAILED-PARITY*, and exit 1.",
 )
+@click.option("--input-shape", type=Widths(),
+              help="A factory's input shape after the batch axis, e.g. 3,32,32 [default: its zoo_meta's].")
+@click.option("--dynamic-axis", "dynamic_axes", type=click.IntRange(min=1), multiple=True, metavar="N",
+              help="An input axis besides the batch (axis 0) that the graph takes at any size, e.g. 1 for the "
+              "length of (batch, length, features); repeat for several.")
+@click.option("--arg", "arguments", type=Argument(), multiple=True,
+              help="A keyword argument of the factory, key=value; repeat for several.")
 @click.option("--force", is_flag=True, help="Replace an existing .onnx file or bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @model_training_options
@@ -117,14 +139,19 @@ def export_command(
     dtype: str,
     compute: str | None,
     keep_on_failure: bool,
+    input_shape: list[int] | None,
+    dynamic_axes: tuple[int, ...],
+    arguments: tuple[dict[str, Any], ...],
     force: bool,
     as_json: bool,
     **training: Any,
 ) -> None:
     """Export MODEL_OR_CHECKPOINT to ONNX and prove it computes the same numbers as torch.
 
-    MODEL_OR_CHECKPOINT is a checkpoint file (from `zoo train`) or a model name; a name is built and
-    trained first with the training options, as `zoo train` would. The parity check always runs:
+    MODEL_OR_CHECKPOINT is a checkpoint file (from `zoo train`), a model name, or any torch model as
+    package.module:factory (a function or class returning an nn.Module, called with the --arg values,
+    imported from the working directory too) with its --input-shape. A name is built and trained
+    first with the training options, as `zoo train` would. The parity check always runs:
     onnxruntime against the function's float64 value over the whole float range, each element
     within the error bound of float arithmetic. On a failure nothing is written (unless
     --keep-on-failure), the worst input and the first ONNX node out of its bound are printed and
@@ -133,21 +160,35 @@ def export_command(
     started = time.perf_counter()
     _check_paths(source, out, bundle=test_data, force=force)  # before torch loads (seconds) and before training
     from export.bundle import failed_path, write_bundle, write_onnx
+    from export.factory import is_factory
     from export.onnx_export import ExportOptions
     from export.parity import ParityError
 
+    factory = is_factory(source)
+    if not factory and (input_shape or dynamic_axes or arguments):
+        raise click.UsageError("--input-shape, --dynamic-axis and --arg apply to a factory (package.module:function), "
+                               "not to a model name or a checkpoint")
     options = ExportOptions(opset=opset, exporter=exporter, dtype=dtype, compute=compute,
-                            dynamic_batch=static_batch is None, batch_size=static_batch or TRACE_BATCH)
+                            dynamic_batch=static_batch is None, batch_size=static_batch or TRACE_BATCH,
+                            dynamic_axes=dynamic_axes)
     opset = options.chosen_opset
     # Missing directories are created, as every zoo command does, and removed again if the export fails.
     with parents_made(out):
-        model, trained = _model(ctx, source, training, progress=False if as_json else None)
+        if factory:
+            model, trained = _factory_model(ctx, source, training, arguments), None
+            example = _factory_example(model, source, input_shape, options.batch_size)
+        else:
+            model, trained = _model(ctx, source, training, progress=False if as_json else None)
+            example = None
         _progress(f"exporting to {out} (opset {opset}, {exporter}, {dtype}) and checking parity ...")
         write = write_bundle if test_data else write_onnx
         try:
-            report = write(model, out, options, overwrite=force, keep_on_failure=keep_on_failure)
+            report = write(model, out, options, overwrite=force, keep_on_failure=keep_on_failure,
+                           example_input=example)
             parity = _bundle_parity(out) if test_data else report.to_dict()
         except ParityError as exc:
+            if exc.report is None:  # no rule for one of its ops: nothing was judged
+                raise
             _report_parity_failure(exc, as_json)
             if keep_on_failure:
                 kept = failed_path(out)
@@ -178,7 +219,8 @@ def export_command(
     click.echo(f"wrote {kind} {out} (opset {opset}, {exporter}, {dtype}{computed}, {batch})")
     click.echo(
         f"parity: ok, worst element at {_num(parity['worst_ratio'])} of its worst-case bound and "
-        f"{_num(parity['worst_statistical'])} of its statistical bound over {parity['rows']} probe rows"
+        f"{_num(parity['worst_statistical'])} of its statistical bound over {parity['rows']} probe rows "
+        f"({parity['elements']} input elements)"
     )
     if not parity.get("torch_ok", True):
         click.echo("note: torch eager on this machine is outside the bound somewhere (its kernel, not the "
@@ -215,17 +257,41 @@ def _model(
 ) -> tuple[Any, dict[str, Any] | None]:
     """The model to export and its training summary: loaded from a checkpoint, or built and trained."""
     if _is_path(source):
-        given = [
-            name for name in training if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
-        ]
-        if given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise click.UsageError(f"{flags}: training options apply to a model name, not to a checkpoint")
+        _refuse_training_options(ctx, training, "a checkpoint")
         model = zoo.load_checkpoint(source)
         return model.cpu(), getattr(model, "zoo_training", None)
     _progress(f"training {source} ...")
     model, result = train_from_options(source, progress=progress, **training)
     return model.cpu(), result.summary()
+
+
+def _factory_model(ctx: click.Context, source: str, training: dict[str, Any],
+                   arguments: tuple[dict[str, Any], ...]) -> Any:
+    """The model a factory builds with the --arg values, seeded by --seed (the other training options do not apply)."""
+    from export.factory import build
+
+    _refuse_training_options(ctx, {k: v for k, v in training.items() if k != "seed"}, "a factory")
+    return build(source, {key: value for argument in arguments for key, value in argument.items()},
+                 seed=training["seed"])
+
+
+def _factory_example(model: Any, source: str, input_shape: list[int] | None, batch: int) -> Any:
+    """The example a factory's model is traced with: --input-shape, else the shape its zoo_meta gives."""
+    from export.onnx_export import seeded_example
+    from zoo.models import input_shape_of
+
+    shape = input_shape or input_shape_of(model)
+    if not shape:
+        raise click.UsageError(f"--input-shape is needed: {source} builds a {type(model).__name__} that does not say "
+                               "its input shape (e.g. --input-shape 3,32,32 for (batch, 3, 32, 32) inputs)")
+    return seeded_example(shape, batch)
+
+
+def _refuse_training_options(ctx: click.Context, training: dict[str, Any], what: str) -> None:
+    given = [name for name in training if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise click.UsageError(f"{flags}: training options apply to a model name, not to {what}")
 
 
 def _is_path(source: str) -> bool:
@@ -285,7 +351,8 @@ def verify_command(bundle: pathlib.Path, runtime: str, as_json: bool) -> None:
     "--input",
     "input_path",
     type=click.Path(path_type=pathlib.Path),
-    help="A .npy file (written by numpy.save) or a TensorProto .pb holding the input batch.",
+    help="A .npy file (written by numpy.save) or a TensorProto .pb holding the input batch: rows (N, F), images "
+    "(N, C, H, W), signals (N, C, L), or token ids (N, L) for a model of one-hot tokens (N, L, V).",
 )
 @click.option(
     "-o",
@@ -308,6 +375,9 @@ def predict_command(
     VALUES are the input's numbers row after row: with a model of F input features, N*F values make
     N rows of F (e.g. `zoo predict mlp.onnx 1 2 3` runs 3 rows through a 1-feature model); a count
     that is not a multiple of F is an error. Negative numbers, nan and inf may be given as they are.
+    Images, signals and token ids come in an --input file. A classifier prints the class of each
+    input (with its name when the training set named them), a sequence classifier the class at
+    each position; --json adds them as "predictions" to the logits, and -o writes the logits.
     """
     from export.runtime import commands
 

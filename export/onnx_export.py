@@ -34,6 +34,9 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13
 BATCH_AXIS = "batch"
 SEQUENCE_AXIS = "sequence"  # the name of an input axis the model takes at any length (None in its input_shape)
+# Metadata key: the traced example's shape after the batch axis (JSON), where the parity check probes
+# an axis that takes any size besides other sizes.
+SAMPLE_SHAPE_KEY = "zoo.sample_shape"
 # The dynamo exporter's translations are written for this opset; below it, it falls back to the
 # version converter and silently keeps this opset when that fails.
 DYNAMO_MIN_OPSET = 18
@@ -81,8 +84,10 @@ class ExportOptions:
 
     ``opset`` None means ``default_opset(exporter)``; ``compute`` None means ``dtype``, node by node,
     or on request ``"float64"`` with one rounding at each output (runtimes without float64 kernels,
-    such as OpenVINO's CPU plugin and tract, refuse or narrow it). ``metadata`` is added to the
-    model's ``metadata_props``. Raises ExportError for a value that cannot be exported here.
+    such as OpenVINO's CPU plugin and tract, refuse or narrow it). ``dynamic_axes`` are input axes
+    besides the batch (axis 0) that the graph takes at any size, as the model's ``zoo_meta``
+    input_shape gives with None. ``metadata`` is added to the model's ``metadata_props``. Raises
+    ExportError for a value that cannot be exported here.
     """
 
     opset: int | None = None
@@ -91,6 +96,7 @@ class ExportOptions:
     compute: str | None = None
     dynamic_batch: bool = True
     batch_size: int = TRACE_BATCH  # rows of the traced example input: the fixed batch without dynamic_batch
+    dynamic_axes: tuple[int, ...] = ()
     input_names: tuple[str, ...] = ("input",)
     output_names: tuple[str, ...] = ("output",)
     metadata: tuple[tuple[str, str], ...] = ()
@@ -98,6 +104,10 @@ class ExportOptions:
     def __post_init__(self) -> None:
         for name in ("input_names", "output_names"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        axes = tuple(self.dynamic_axes)
+        if not all(isinstance(a, int) and not isinstance(a, bool) and a >= 1 for a in axes):
+            raise ExportError(f"dynamic_axes are input axes after the batch axis (1, 2, ...), got {self.dynamic_axes!r}")
+        object.__setattr__(self, "dynamic_axes", tuple(sorted(set(axes))))
         pairs = self.metadata.items() if isinstance(self.metadata, dict) else self.metadata
         object.__setattr__(self, "metadata", tuple(sorted((str(k), str(v)) for k, v in pairs)))
         if self.exporter not in EXPORTERS:
@@ -155,24 +165,30 @@ def to_onnx(
     ``options`` (an ExportOptions, or its fields as keywords) say how. The graph is exported in
     eval mode with the installed lowerings (``export.lowerings``) applied, checked with
     ``onnx.checker`` (full check) and shape inference, and must declare exactly the opset, the
-    dtype and, with ``dynamic_batch``, a symbolic batch axis on every input and output.
-    ``metadata_props`` hold ``zoo.config`` and ``zoo.training`` (JSON, when the model carries
-    ``zoo_config`` / ``zoo_training``; no timings or devices), ``zoo.version``,
+    dtype and, with ``dynamic_batch``, a symbolic batch axis on every input and output, and a
+    symbolic input axis for each of ``options.dynamic_axes``. ``example_input`` is what is traced,
+    by default a seeded randn of the model's ``zoo_meta`` input shape.
+    ``metadata_props`` hold ``zoo.config``, ``zoo.meta`` and ``zoo.training`` (JSON, when the model carries
+    ``zoo_config`` / ``zoo_meta`` / ``zoo_training``; no timings or devices), ``zoo.version``,
     ``zoo.torch_version``, ``zoo.onnx_version``, ``zoo.opset``, ``zoo.exporter``, ``zoo.dtype``,
-    ``zoo.compute`` and ``options.metadata``: the same model exported twice gives the same bytes,
+    ``zoo.sample_shape`` (the example's shape after the batch axis, JSON), ``zoo.compute`` and
+    ``options.metadata``: the same model exported twice gives the same bytes,
     on any machine with the same packages.
     Raises ``ExportError`` with the reason and the next step when any of that fails.
     """
     options = export_options(options, **changes)
     dtype, compute = options.dtype, options.chosen_compute
     example = _example_input(model, example_input, DTYPES[dtype], options)
-    axes = dynamic_axes(model, options.dynamic_batch)
+    axes = dynamic_axes(model, options.dynamic_batch, options.dynamic_axes)
+    beyond = [axis for axis in axes if axis >= example.dim()]
+    if beyond:
+        raise ExportError(f"dynamic axis {beyond[0]} is not an axis of the example input of shape {list(example.shape)}")
     with eval_copy(model, DTYPES[dtype]) as export_model:
         proto = _export(export_model, example, options, axes)
     proto = _computing_in_float64(proto) if compute == "float64" else _narrow(proto, dtype)
     _strip_machine_facts(proto)
-    _validate(proto, options, example.shape[0])
-    _set_metadata(proto, model, options)
+    _validate(proto, options, example.shape[0], [axis for axis in axes if axis])
+    _set_metadata(proto, model, options, example)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, proto.SerializeToString())
@@ -231,12 +247,17 @@ def _example_input(
                 "cannot build an example input: the model has neither zoo_meta['input_shape'] nor "
                 f"zoo_config['in_features']; pass example_input=torch.randn({options.batch_size}, *sample_shape)"
             )
-        given = torch.randn(example_shape(shape, options.batch_size), generator=torch.Generator().manual_seed(0))
+        given = seeded_example(shape, options.batch_size)
     example = given.detach().to(dtype)
     if options.dynamic_batch and example.shape[0] < 2:
         # Tracing with batch 1 lets the exporters specialise the batch axis to the constant 1.
         example = example.expand(2, *example.shape[1:]).clone()
     return example
+
+
+def seeded_example(shape: Sequence[int | None], batch: int = TRACE_BATCH) -> torch.Tensor:
+    """A traceable example: ``batch`` seeded N(0, 1) samples of ``shape`` (None: ``zoo.models.EXAMPLE_LENGTH`` long)."""
+    return torch.randn(example_shape(list(shape), batch), generator=torch.Generator().manual_seed(0))
 
 
 @contextlib.contextmanager
@@ -263,11 +284,12 @@ def eval_copy(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[torch.nn.M
             module.training = training
 
 
-def dynamic_axes(model: torch.nn.Module, dynamic_batch: bool = True) -> dict[int, str]:
-    """The input axes exported at any size, by name: the batch (when ``dynamic_batch``) and each axis that
-    ``model.zoo_meta['input_shape']`` gives as None (``sequence``; ``sequence1``, ``sequence2``... for several)."""
+def dynamic_axes(model: torch.nn.Module, dynamic_batch: bool = True, extra: Sequence[int] = ()) -> dict[int, str]:
+    """The input axes exported at any size, by name: the batch (when ``dynamic_batch``), each axis that
+    ``model.zoo_meta['input_shape']`` gives as None and each of ``extra`` (``sequence``; ``sequence1``,
+    ``sequence2``... for several)."""
     shape = input_shape_of(model) or []
-    free = [axis + 1 for axis, size in enumerate(shape) if size is None]
+    free = sorted({axis + 1 for axis, size in enumerate(shape) if size is None} | set(extra))
     names = [SEQUENCE_AXIS] if len(free) == 1 else [f"{SEQUENCE_AXIS}{n}" for n in range(1, len(free) + 1)]
     return {**({0: BATCH_AXIS} if dynamic_batch else {}), **dict(zip(free, names))}
 
@@ -422,8 +444,8 @@ def _native_stdout_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def _validate(proto: onnx.ModelProto, options: ExportOptions, batch: int) -> None:
-    """Refuse a model of another opset, an invalid one, a wrong dtype or a fixed batch axis."""
+def _validate(proto: onnx.ModelProto, options: ExportOptions, batch: int, free: Sequence[int] = ()) -> None:
+    """Refuse a model of another opset, an invalid one, a wrong dtype, a fixed batch axis or ``free`` axis."""
     declared = {entry.domain: entry.version for entry in proto.opset_import}.get("", None)
     if declared != options.chosen_opset:
         raise ExportError(
@@ -437,6 +459,11 @@ def _validate(proto: onnx.ModelProto, options: ExportOptions, batch: int) -> Non
     for values, names, kind in ((proto.graph.input, options.input_names, "input"),
                                 (proto.graph.output, options.output_names, "output")):
         _check_signature(values, list(names), kind, options.dtype, options.dynamic_batch, batch)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    fixed = [axis for axis in free if not dims[axis].dim_param]
+    if fixed:
+        raise ExportError(f"input axis {fixed[0]} was exported at the fixed size {dims[fixed[0]].dim_value}; the "
+                          "model's forward must not depend on that axis's size (or do not export it as dynamic)")
 
 
 def _check_signature(
@@ -459,7 +486,8 @@ def _check_signature(
             raise ExportError(f"{kind} {value.name!r} does not have the static batch size {batch}")
 
 
-def _set_metadata(proto: onnx.ModelProto, model: torch.nn.Module, options: ExportOptions) -> None:
+def _set_metadata(proto: onnx.ModelProto, model: torch.nn.Module, options: ExportOptions,
+                  example: torch.Tensor) -> None:
     props = {
         "zoo.version": _zoo_version(),
         "zoo.torch_version": torch.__version__,
@@ -467,9 +495,12 @@ def _set_metadata(proto: onnx.ModelProto, model: torch.nn.Module, options: Expor
         "zoo.opset": str(options.chosen_opset),
         "zoo.exporter": options.exporter,
         "zoo.dtype": options.dtype,
+        SAMPLE_SHAPE_KEY: json.dumps(list(example.shape[1:])),
     }
     if isinstance(getattr(model, "zoo_config", None), dict):
         props["zoo.config"] = json.dumps(model.zoo_config, sort_keys=True)
+    if isinstance(getattr(model, "zoo_meta", None), dict):
+        props["zoo.meta"] = json.dumps(model.zoo_meta, sort_keys=True)  # the task and input: what `zoo predict` prints
     if isinstance(getattr(model, "zoo_training", None), dict):
         training = {k: v for k, v in model.zoo_training.items() if k not in MACHINE_TRAINING_FIELDS}
         props["zoo.training"] = json.dumps(training, sort_keys=True)

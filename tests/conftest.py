@@ -9,10 +9,12 @@ import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 import zoo
 
@@ -40,6 +42,11 @@ def write_distribution(
     return root
 
 
+def builtin_names(registry: zoo.registry.Registry) -> list[str]:
+    """The names this checkout's own plugins register (a venv may hold others, e.g. the README's example plugin)."""
+    return [name for name, sources in registry.sources() if sources[0].target.startswith("plugins.")]
+
+
 @pytest.fixture
 def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
     """Install throwaway distributions for one test: put them on sys.path and reset the registries."""
@@ -57,6 +64,13 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...
 
     yield install
     zoo.cache_clear()
+
+
+def umask() -> int:
+    """This process's file-mode creation mask (reading it means setting it: restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def run_zoo(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -106,3 +120,29 @@ def mlp3_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     model = zoo.create_model("mlp", in_features=3, out_features=2, hidden=[8], activation="tanh", seed=0)
     return write_bundle(model, tmp_path_factory.mktemp("bundles") / "mlp3")
+
+
+class OverflowingReLU(nn.Module):
+    """ReLU with a float32 kernel defect made to order: a torch defect that is the same on every CPU.
+
+    In float32 eager it computes relu(x * 2**100) / 2**100: exact below 2**28 (scaling by a power of
+    two is exact) and +inf from there on, where ReLU is finite. Traced for export, and in float64 (where the
+    bound is computed), it is ReLU: the export is right and torch eager is not, as with torch's own
+    GELU above 1.7e38 on AVX-512 CPUs, but without depending on the CPU.
+    """
+
+    SCALE = 2.0**100
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and not torch.onnx.is_in_onnx_export():
+            return torch.relu(x * self.SCALE) / self.SCALE
+        return torch.relu(x)
+
+
+@pytest.fixture
+def overflowing_relu() -> Iterator[str]:
+    """OverflowingReLU registered in this process for one test, as the activation this returns."""
+    name = "overflowing_relu"
+    zoo.activations.register(name)(OverflowingReLU)
+    yield name
+    zoo.activations.unregister(name)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import builtin_names
 
 import zoo
 
@@ -91,12 +92,16 @@ def as_rows(x: np.ndarray) -> np.ndarray:
 
 
 def test_formulas_cover_every_builtin():
-    assert {name for name, _, _ in FORMULAS} == set(zoo.activations.names())
+    assert {name for name, _, _ in FORMULAS} == set(builtin_names(zoo.activations))
 
 
-# Where torch's float32 arithmetic overflows in an intermediate although the true value is finite
-# (x * (1 + erf) and x * relu6(x + 3) exceed float32's range): torch returns inf there.
-TORCH_OVERFLOWS = {"gelu": lambda x: x > np.finfo(np.float32).max / 2, "hardswish": lambda x: x > 5.6e37}
+# Where torch's float32 formula has an intermediate beyond float32's range although the function is
+# finite (x * (1 + erf) for GELU, x * relu6(x + 3) for Hardswish), whether it overflows to +inf depends on
+# the kernel's order of operations, and so on the CPU: torch's GELU (oneDNN's kernel, chosen by the CPU and
+# not by ATEN_CPU_CAPABILITY) gives +inf at 3e38 on AVX-512 CPUs and 3e38 on AVX2-only ones. Either is
+# accepted there, as NaN is at +-inf below; everywhere else the formula's value is required.
+TORCH_MAY_OVERFLOW = {"gelu": lambda x: x > np.finfo(np.float32).max / 2,
+                      "hardswish": lambda x: x > np.finfo(np.float32).max / 6}
 
 
 def tolerance(name: str, x: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -116,18 +121,15 @@ def tolerance(name: str, x: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(("name", "kwargs", "formula"), FORMULAS, ids=lambda v: v if isinstance(v, str) else "")
 def test_activation_matches_its_formula(name, kwargs, formula):
-    x = grid()
-    checked = name in TORCH_OVERFLOWS and not kwargs
-    overflow = TORCH_OVERFLOWS[name](x) if checked else np.zeros(x.shape, bool)
-    x = as_rows(x) if name in ROWWISE else x
+    x = as_rows(grid()) if name in ROWWISE else grid()
     module = zoo.activations.create(name, **kwargs).eval()
     with torch.no_grad():
         got = module(torch.from_numpy(x)).numpy().astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         expected = formula(x.astype(np.float64))
-    if checked:
-        assert np.all(np.isposinf(got[overflow])), "torch no longer overflows here: update TORCH_OVERFLOWS"
-        x, got, expected = x[~overflow], got[~overflow], expected[~overflow]
+    if name in TORCH_MAY_OVERFLOW:  # elementwise: one output per input
+        kept = ~(TORCH_MAY_OVERFLOW[name](x) & np.isposinf(got))
+        x, got, expected = x[kept], got[kept], expected[kept]
     assert np.all(np.isfinite(got)) and np.all(np.isfinite(expected))
     error, allowed = np.abs(got - expected), tolerance(name, x, expected)
     worst = np.unravel_index(np.argmax(error - allowed), error.shape)
@@ -164,4 +166,4 @@ def test_infinite_inputs_give_the_limits(name):
 
 
 def test_limits_cover_every_elementwise_builtin():
-    assert set(LIMITS) == set(zoo.activations.names()) - ROWWISE
+    assert set(LIMITS) == set(builtin_names(zoo.activations)) - ROWWISE

@@ -79,12 +79,17 @@ def test_dynamic_batch(runtime: str, bundles: dict[str, pathlib.Path]) -> None:
         np.testing.assert_allclose(out, full[:batch], rtol=1e-5, atol=1e-6)
 
 
-def test_openvino_maps_nan_through_relu_to_a_number(bundles: dict[str, pathlib.Path]) -> None:
-    """OpenVINO's Relu(NaN) = 0 (measured): reported in the NaN class, the finite verdict stays honest."""
+def test_a_runtime_mapping_nan_to_a_number_fails_the_nan_class_only(bundles: dict[str, pathlib.Path]) -> None:
+    """OpenVINO's Relu(NaN) is 0 on the x86 CPUs measured (another CPU plugin may keep NaN): wherever it
+    happens it is a NaN-class failure, and the finite verdict stays honest."""
     pytest.importorskip("openvino")
     report = verify_bundle(bundles["relu"], strict=False, runtime="openvino")
-    assert report.finite_ok and not report.ok
-    assert report.outputs[0].failures["nan"] > 0 and report.outputs[0].failures["finite"] == 0
+    [output] = report.outputs
+    assert report.finite_ok and output.counts["nan"] > 0 and output.failures["inf"] == 0
+    import numpy as np
+
+    nan_row = load_runner("openvino", bundles["relu"] / "model.onnx")(np.full((1, 2), np.nan, np.float32))[0]
+    assert (output.failures["nan"] > 0) is not bool(np.isnan(nan_row).all())  # what this CPU's plugin does
 
 
 def test_missing_runtime_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:

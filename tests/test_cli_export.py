@@ -126,6 +126,43 @@ def test_predict_values_and_files(bundle, tmp_path):
     np.testing.assert_array_equal(outputs, model.run(read_tensor(probes).array))
 
 
+@pytest.fixture(scope="module")
+def classifiers(tmp_path_factory):
+    """A CNN trained briefly on shapes (whose classes have names) and a transformer over tokens, exported; inputs."""
+    from export import to_onnx
+
+    where = tmp_path_factory.mktemp("classifiers")
+    cnn = zoo.create_model("cnn", input_shape=[1, 12, 12], widths=[4], seed=0)
+    shapes = zoo.datasets.create("shapes", seed=0, n=8, n_test=5, size=12)
+    zoo.train(cnn, shapes, epochs=1, progress=False)
+    np.save(where / "images.npy", shapes.test.x.numpy())  # (N, C, H, W)
+    np.save(where / "ids.npy", np.random.default_rng(0).integers(0, 10, (3, 6)))  # (N, L) token ids
+    np.save(where / "bad_ids.npy", np.array([[1, 2, 12]]))
+    sequences = zoo.create_model("transformer", width=8, depth=1, heads=2, seed=0)
+    return where, to_onnx(cnn, where / "cnn.onnx"), to_onnx(sequences, where / "seq.onnx")
+
+
+def test_predict_names_the_class_of_each_image_and_sequence(capsys, classifiers):
+    where, cnn, sequences = classifiers
+    images, ids = np.load(where / "images.npy"), np.load(where / "ids.npy")
+    logits = OnnxModel(cnn).run(images)
+    labels = ["circle", "square", "triangle", "cross"]
+    shown = zoo_here(capsys, "predict", str(cnn), "--input", str(where / "images.npy"))
+    assert shown.stdout.splitlines() == [f"{k} {labels[k]}" for k in logits.argmax(axis=1)], shown.stderr
+    as_json = json.loads(zoo_here(capsys, "predict", str(cnn), "--input", str(where / "images.npy"), "--json").stdout)
+    assert as_json["predictions"] == logits.argmax(axis=1).tolist() and as_json["labels"] == labels
+    np.testing.assert_array_equal(np.array(as_json["outputs"]["output"], dtype=np.float32), logits)
+
+    shown = zoo_here(capsys, "predict", str(sequences), "--input", str(where / "ids.npy"))
+    expected = OnnxModel(sequences).run(ids).argmax(axis=-1)  # one class per position, any length
+    assert shown.stdout.splitlines() == [" ".join(map(str, row)) for row in expected]
+    written = zoo_here(capsys, "predict", str(sequences), "--input", str(where / "ids.npy"), "-o",
+                       str(where / "logits.npy"))
+    assert written.returncode == 0 and np.load(where / "logits.npy").shape == (3, 6, 10)  # -o keeps the logits
+    assert_one_line_error(zoo_here(capsys, "predict", str(sequences), "--input", str(where / "bad_ids.npy")),
+                          "token id 12 is not one of the model's 10 tokens (0 to 9)")
+
+
 def test_verify_and_predict_never_import_torch_or_onnx(bundle):
     code = (
         "import sys\n"
@@ -199,9 +236,27 @@ def test_a_damaged_bundle_is_one_line_and_json(capsys, bundle, tmp_path):
             ("export", "mlp", "-o", "{tmp}/m.onnx", "--dtype", "float16", "--compute", "float32"),
             ("compute must be 'float16' or 'float64' for a float16 export",),
         ),
+        (("export", "no_such_package.nets:make", "-o", "{tmp}/m.onnx", "--input-shape", "4"),
+         ("cannot import 'no_such_package.nets' for no_such_package.nets:make", "ModuleNotFoundError")),
+        (("export", "torch.nn:Nope", "-o", "{tmp}/m.onnx", "--input-shape", "4"), ("'torch.nn' has no 'Nope'",)),
+        (("export", "collections:OrderedDict", "-o", "{tmp}/m.onnx", "--input-shape", "4"),
+         ("collections:OrderedDict returned a OrderedDict, not a torch.nn.Module",)),
+        (("export", "torch.nn:Linear", "--arg", "in_features=4", "-o", "{tmp}/m.onnx", "--input-shape", "4"),
+         ("torch.nn:Linear(in_features=4) raised TypeError", "out_features")),
+        (("export", "torch.nn:Tanh", "-o", "{tmp}/m.onnx"), ("--input-shape is needed", "builds a Tanh")),
+        (("export", "torch.nn:Tanh", "--input-shape", "4", "--epochs", "3", "-o", "{tmp}/m.onnx"),
+         ("--epochs", "apply to a model name, not to a factory")),
+        (("export", "mlp", "--input-shape", "4", "-o", "{tmp}/m.onnx"), ("apply to a factory (package.module:function)",)),
+        (("export", "torch.nn:Tanh", "--arg", "oops", "--input-shape", "4", "-o", "{tmp}/m.onnx"),
+         ("'oops' is not key=value",)),
+        (("export", "torch.nn:Tanh", "--input-shape", "4", "--dynamic-axis", "2", "-o", "{tmp}/m.onnx"),
+         ("dynamic axis 2 is not an axis of the example input of shape [2, 4]",)),
+        (("export", "torch.nn:PixelShuffle", "--arg", "upscale_factor=2", "--input-shape", "4,2,2", "-o", "{tmp}/m.onnx"),
+         ("no parity rule for aten.pixel_shuffle.default, called by the model itself (PixelShuffle)",)),
     ],
 )
-def test_bad_export_input_is_one_line(capsys, checkpoint, tmp_path, args, fragments):
+def test_bad_export_input_is_one_line(capsys, monkeypatch, checkpoint, tmp_path, args, fragments):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # a factory's import may add the working directory
     (tmp_path / "existing").write_bytes(b"precious")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
@@ -252,6 +307,36 @@ def test_bad_predict_and_verify_input_is_one_line(capsys, bundle, checkpoint, tm
     args = [a.format(tmp=tmp_path, model=bundle / "model.onnx", ckpt=checkpoint) for a in args]
     assert_one_line_error(zoo_here(capsys, *args), *fragments)
     assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "adir") == []
+
+
+NETS = """
+from torch import nn
+
+
+def tokens(width=8):
+    return nn.Sequential(nn.Linear(6, width), nn.Tanh(), nn.Linear(width, 6))
+"""
+
+
+def test_export_a_factory_with_a_dynamic_length(tmp_path, monkeypatch):
+    """`zoo export nets:tokens` from the working directory: any length, parity at every length, same bytes as the API."""
+    (tmp_path / "nets.py").write_text(NETS)
+    monkeypatch.chdir(tmp_path)
+    result = run_zoo("export", "nets:tokens", "--arg", "width=4", "--input-shape", "8,6", "--dynamic-axis", "1",
+                     "--test-data", "-o", "tokens", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["parity"]["ok"] and summary["source"] == "nets:tokens" and summary["training"] is None
+    assert [8, 6] in summary["parity"]["sample_shapes"] and [17, 6] in summary["parity"]["sample_shapes"]
+    model = OnnxModel(tmp_path / "tokens" / "model.onnx")
+    assert model.input_shape == ("batch", "sequence", 6) and model.run(np.zeros((3, 5, 6), np.float32)).shape == (3, 5, 6)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from export.factory import build
+    from export.onnx_export import seeded_example, to_onnx
+
+    again = to_onnx(build("nets:tokens", {"width": 4}), tmp_path / "again.onnx", example_input=seeded_example([8, 6]),
+                    dynamic_axes=(1,))
+    assert again.read_bytes() == (tmp_path / "tokens" / "model.onnx").read_bytes()
 
 
 def test_export_creates_missing_directories_and_replaces_only_with_force(capsys, checkpoint, tmp_path):

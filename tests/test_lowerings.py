@@ -19,9 +19,11 @@ from export import ExportError, check_parity, lowerings, to_onnx
 EXAMPLE = ROOT / "examples" / "zoo-example-plugin"
 
 
-class _I0e(nn.Module):
+class _I1e(nn.Module):
+    """An op no installed lowering covers (the README's example plugin, which a venv may hold, lowers i0e)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.special.i0e(x)
+        return torch.special.i1e(x)
 
 
 @pytest.fixture(scope="module")
@@ -94,22 +96,22 @@ def test_zoo_show_and_list_name_a_plugins_lowering(example_site: Path) -> None:
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_an_op_without_a_lowering_says_how_to_add_one(tmp_path: Path, exporter: str) -> None:
-    with pytest.raises(ExportError, match="no lowering for .*i0e is installed: write one with .*zoo.onnx") as info:
-        to_onnx(_I0e(), tmp_path / "m.onnx", exporter=exporter, example_input=torch.randn(2, 3))
+    with pytest.raises(ExportError, match="no lowering for .*i1e is installed: write one with .*zoo.onnx") as info:
+        to_onnx(_I1e(), tmp_path / "m.onnx", exporter=exporter, example_input=torch.randn(2, 3))
     assert "Writing a plugin" in str(info.value)
     assert not any(tmp_path.iterdir())
 
 
 def test_a_broken_lowering_is_reported_and_the_others_still_export(third_party, tmp_path: Path) -> None:
-    third_party("zoo-brokenlow", {"zoo.onnx": {"special_i0e": "no_such_module_zz:lowering"}})
-    problem = lowerings.installed().problems["special_i0e"]
-    assert "special_i0e = no_such_module_zz:lowering (from zoo-brokenlow 1.0)" in problem
+    third_party("zoo-brokenlow", {"zoo.onnx": {"special_i1e": "no_such_module_zz:lowering"}})
+    problem = lowerings.installed().problems["special_i1e"]
+    assert "special_i1e = no_such_module_zz:lowering (from zoo-brokenlow 1.0)" in problem
     model = nn.Sequential(nn.Linear(3, 4), nn.GELU())
     report = check_parity(model, to_onnx(model, tmp_path / "gelu.onnx", example_input=torch.randn(2, 3)))
     assert report.ok
     with pytest.raises(ExportError, match="installed but unusable: .*no_such_module_zz"):
-        to_onnx(_I0e(), tmp_path / "i0e.onnx", example_input=torch.randn(2, 3))
-    assert_one_line_error(run_zoo("list", "lowerings", "--check"), "broken or in conflict: special_i0e")
+        to_onnx(_I1e(), tmp_path / "i1e.onnx", example_input=torch.randn(2, 3))
+    assert_one_line_error(run_zoo("list", "lowerings", "--check"), "broken or in conflict: special_i1e")
 
 
 TWIN = """
@@ -125,7 +127,7 @@ def softmax(ops, x, dim=-1, half_to_float=False):
     '''Claims the overload the built-in softmax lowering translates for dynamo.'''
     return ops("Relu", x)
 
-@lowering("special_i0e")
+@lowering("special_i1e")
 def misnamed(ops, x):
     '''Declared under another op's name.'''
     return ops("Relu", x)
@@ -140,9 +142,9 @@ def test_conflicting_and_misdeclared_lowerings_are_left_out_and_reported(third_p
     assert "zoo-twin" in found.problems["gelu"] and f"zoo-onnx {zoo.__version__}" in found.problems["gelu"]
     assert "claims an aten overload" in found.problems["softmax"]
     assert "claims an aten overload" in found.problems["_softmax"]
-    assert "name its entry point 'special_i0e'" in found.problems["bessel"]
+    assert "name its entry point 'special_i1e'" in found.problems["bessel"]
     active = {item.op for item in found.lowerings}
-    assert {"gelu", "softmax", "_softmax", "special_i0e"}.isdisjoint(active)
+    assert {"gelu", "softmax", "_softmax", "special_i1e"}.isdisjoint(active)
     assert {"silu", "log_softmax", "softplus"} <= active
 
 
@@ -191,23 +193,23 @@ def test_import_export_pulls_in_nothing_heavy() -> None:
     assert result.stdout.strip() == "[]"
 
 
-I0E_ACTIVATION = """
+I1E_ACTIVATION = """
 import torch
 from torch import nn
 
-class I0e(nn.Module):
-    '''torch.special.i0e, with no lowering installed.'''
+class I1e(nn.Module):
+    '''torch.special.i1e, with no lowering installed.'''
 
     def forward(self, x):
-        return torch.special.i0e(x)
+        return torch.special.i1e(x)
 """
 
 
 def test_zoo_export_without_a_lowering_says_how_to_add_one_and_leaves_no_directories(third_party,
                                                                                    tmp_path: Path) -> None:
-    third_party("zoo-i0e", {"zoo.activations": {"i0e_act": "i0e_activation:I0e"}},
-                {"i0e_activation.py": I0E_ACTIVATION})
+    third_party("zoo-i1e", {"zoo.activations": {"i1e_act": "i1e_activation:I1e"}},
+                {"i1e_activation.py": I1E_ACTIVATION})
     out = tmp_path / "made" / "here" / "m.onnx"
-    result = run_zoo("export", "mlp", "--activation", "i0e_act", "--hidden", "4", "--epochs", "1", "-o", str(out))
-    assert_one_line_error(result, "no lowering for aten::special_i0e", "zoo.onnx")
+    result = run_zoo("export", "mlp", "--activation", "i1e_act", "--hidden", "4", "--epochs", "1", "-o", str(out))
+    assert_one_line_error(result, "no lowering for aten::special_i1e", "zoo.onnx")
     assert not (tmp_path / "made").exists()

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import OverflowingReLU
 from torch import nn
 
 import zoo
@@ -147,7 +148,7 @@ def test_report_speaks_in_units_of_each_tier(default_mlp: tuple[nn.Module, Path]
     model, path = default_mlp
     report = check_parity(model, path)
     assert isinstance(report, ParityReport) and report.ok and report.dtype == "float32"
-    assert report.batch_sizes[:4] == list(BATCH_SIZES)
+    assert set(BATCH_SIZES) <= set(report.batch_sizes)
     [output] = report.outputs
     assert output.name == "output" and not any(output.failures.values())
     assert 0 < report.worst_ratio <= 1 and output.counts["finite"] > 10_000
@@ -205,15 +206,15 @@ def test_the_output_dtype_is_compared(tmp_path: Path) -> None:
 
 
 def test_torch_kernels_are_judged_by_the_same_rule_and_reported(tmp_path: Path) -> None:
-    """torch's SiLU is x / (1 + exp(-x)): NaN at -inf and 0 below -88, where the function is not.
-    Every CPU kernel computes it so; the export is right, and the report says torch is not."""
-    model = nn.SiLU()
+    """torch eager is judged by the bound like any runtime: where its float32 kernel is wrong, the report
+    says so and the export still passes. The defect is made to order, so it is the same on every CPU."""
+    model = OverflowingReLU()
     path = to_onnx(model, tmp_path / "m.onnx", example_input=torch.zeros(2, 2))
     report = check_parity(model, path)
     assert report.ok and not report.torch_ok
     assert "torch eager on this machine" in report.torch_note()
     with torch.no_grad():
-        assert math.isnan(model(torch.tensor([-math.inf, 0.0]))[0])
+        assert model(torch.tensor([1e9, 1.0])).tolist() == [math.inf, 1.0]
 
 
 # -- probes ----------------------------------------------------------------------------------------

@@ -95,7 +95,9 @@ def test_plan_has_every_regression_layer_activation_and_variant() -> None:
     names = [job.name for job in run_rows.plan()]
     assert names[:3] == ["linreg-einsum_linear", "linreg-param_linear", "linreg-linear"]
     expected = [f"mlp-{name}" for name in zoo.activations.names()] + ["mlp-gelu_tanh"]
-    assert names[3:] == expected
+    assert names[3 : 3 + len(expected)] == expected
+    assert [name.split("-")[0] for name in names[3 + len(expected) :]] == ["cnn"] * 2 + ["resnet"] * 2 + ["cnn1d"] * 2 + [
+        "transformer"] * 2
     assert [job.name for job in run_rows.plan(only=SELECTION)] == ["linreg-linear", "mlp-relu", "mlp-relu6"]
     with pytest.raises(BadArgumentsError, match="'nosuch' matches no row"):
         run_rows.plan(only=["mlp-relu", "nosuch"])
@@ -154,7 +156,8 @@ def test_train_loss_is_the_last_point_of_the_history(cli_run) -> None:
     markdown = (out / "report.md").read_text()
     for row in report["models"]:
         assert row["train_loss"] == row["history"][-1], row["name"]
-        assert f"| {row['name']} | {row['activation']} | {row['layer']} | {row['history'][-1]:.4g} |" in markdown
+        assert (f"| {row['name']} | {row['activation']} | {row['layer']} | {row['norm']} | {row['history'][-1]:.4g} | "
+                "- |") in markdown  # no held-out accuracy: not a classifier
     assert "`train loss` is the trained model's loss on all its training rows in eval mode" in markdown
 
 

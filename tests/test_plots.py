@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error, run_zoo
@@ -157,3 +158,31 @@ def test_zoo_plot_bad_arguments_in_process(tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code != 0 and len(err) == 1 and fragment in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+def predictions(inputs: np.ndarray, truth: np.ndarray, classes: int) -> plots.Predictions:
+    """A panel whose first sample is predicted wrong and the others right."""
+    predicted = truth.copy()
+    predicted[0] = (predicted[0] + 1) % classes
+    confusion = np.zeros((classes, classes), int)
+    np.add.at(confusion, (truth.reshape(-1), predicted.reshape(-1)), 1)
+    return plots.Predictions(f"{inputs.ndim}-d inputs", inputs, truth, predicted, confusion.tolist(),
+                             [f"class{k}" for k in range(classes)])
+
+
+def test_predictions_of_images_signals_and_sequences_in_one_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    panels = [predictions(rng.random((8, 1, 12, 12)), rng.integers(0, 4, 8), 4),
+              predictions(rng.standard_normal((8, 1, 40)), rng.integers(0, 10, 8), 10),
+              predictions(rng.integers(0, 10, (8, 6)), rng.integers(0, 10, (8, 6)), 10)]
+    path = plots.plot_predictions(panels, tmp_path / "predictions.png")
+    width, height = png_size(path)
+    assert width >= 1200 and height >= 3 * 200, (width, height)
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions.png"]
+    (wrong, red), (right, green) = plots._verdict(panels[0], 0), plots._verdict(panels[0], 1)
+    assert (red, green) == (plots.WRONG, plots.RIGHT) and "\n(is class" in wrong and "(is" not in right
+    with pytest.raises(BadArgumentsError, match=r"cannot draw inputs of shape \(8,\)"):
+        plots.plot_predictions([predictions(np.zeros(8), np.zeros(8, int), 2)], tmp_path / "bad.png")
+    with pytest.raises(BadArgumentsError, match="no predictions"):
+        plots.plot_predictions([], tmp_path / "none.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions.png"]

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, umask
 from onnx import TensorProto, helper, numpy_helper
 
 import zoo
@@ -48,7 +48,7 @@ def test_special_float_values_survive_bit_for_bit(tmp_path):
     back = read_tensor(path).array
     assert back.view(np.uint32).tolist() == values.reshape(7, 1).view(np.uint32).tolist()
     assert os.listdir(tmp_path) == ["x.pb"]  # no temp file left
-    assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask()
 
 
 @pytest.mark.parametrize(
@@ -175,6 +175,53 @@ def test_static_batch_is_enforced(tmp_path):
         runtime.run(np.zeros((batch + 1, 2)))
 
 
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    """A small transformer over one-hot tokens of 10 kinds, any length, and its ONNX export."""
+    model = zoo.create_model("transformer", width=8, depth=1, heads=2, seed=0)
+    return model, OnnxModel(to_onnx(model, tmp_path_factory.mktemp("tokens") / "seq.onnx"))
+
+
+@pytest.mark.parametrize("length", [5, 11])  # other lengths than the example the export traced (3)
+def test_token_ids_are_one_hot_encoded_for_a_model_of_one_hot_tokens(tokens, length):
+    model, runtime = tokens
+    assert (runtime.input_shape, runtime.vocabulary) == (("batch", "sequence", 10), 10)
+    ids = np.random.default_rng(length).integers(0, 10, (3, length))
+    one_hot = np.eye(10, dtype=np.float32)[ids]
+    np.testing.assert_array_equal(runtime.run(ids), runtime.run(one_hot))
+    np.testing.assert_array_equal(runtime.run(ids.astype(np.uint8).tolist()), runtime.run(one_hot))
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(ids)).numpy()  # torch's model takes the ids as they are
+    np.testing.assert_allclose(runtime.run(ids), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_token_ids_raise_input_error(tokens):
+    runtime = tokens[1]
+    for bad in (10, -1):
+        with pytest.raises(InputError, match=rf"token id {bad} is not one of the model's 10 tokens \(0 to 9\); "
+                                             r"it takes token ids \(N, L\) or one-hot rows \(batch, sequence, 10\)"):
+            runtime.run([[0, 1, bad]])
+    with pytest.raises(InputError, match=r"got \(2, 3, 4\)"):
+        runtime.run(np.zeros((2, 3, 4), np.int64))  # ids take one axis fewer than the one-hot rows
+
+
+def test_only_models_of_one_hot_tokens_take_ids(mlp3, tmp_path):
+    signals = OnnxModel(to_onnx(zoo.create_model("cnn1d", widths=[4], seed=0), tmp_path / "signals.onnx"))
+    assert signals.input_shape == ("batch", 1, 40) and signals.vocabulary is None  # a fixed length: not tokens
+    with pytest.raises(InputError, match=r"expected input of shape \(batch, 1, 40\) float32, got \(2, 1\)"):
+        signals.run(np.zeros((2, 1), np.int64))
+    assert OnnxModel(mlp3[1]).vocabulary is None
+
+
+def test_the_task_and_class_names_come_from_the_metadata(tokens, mlp3, tmp_path):
+    assert (tokens[1].task, tokens[1].labels) == ("sequence_classification", None)  # untrained: no dataset
+    assert (OnnxModel(mlp3[1]).task, OnnxModel(mlp3[1]).labels) == (None, None)  # an mlp is for any task
+    model = zoo.create_model("cnn", input_shape=[1, 12, 12], widths=[4], seed=0)
+    zoo.train(model, zoo.datasets.create("shapes", seed=0, n=8, n_test=0, size=12), epochs=1, progress=False)
+    runtime = OnnxModel(to_onnx(model, tmp_path / "cnn.onnx"))
+    assert (runtime.task, runtime.labels) == ("classification", ["circle", "square", "triangle", "cross"])
+
+
 def _model_file_cases(exported: bytes) -> list[tuple[str, bytes | None, str]]:
     return [
         ("missing.onnx", None, "no such ONNX model file"),
@@ -229,9 +276,3 @@ def test_the_runtime_imports_neither_torch_nor_onnx():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "", f"export.runtime imported {result.stdout.strip()}"
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -1,4 +1,4 @@
-"""Pictures of activations (curve and autograd derivative) and of training loss curves, as PNG files.
+"""Pictures of activations (curve and autograd derivative), training loss curves and classifiers' predictions, as PNG files.
 
 matplotlib runs on the Agg backend: no display is needed and none is opened.
 """
@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
+import numpy as np
 import torch
 
 matplotlib.use("Agg")  # before pyplot: never open a window, work on headless machines
@@ -28,8 +29,8 @@ from zoo.errors import BadArgumentsError, ZooError
 from zoo.files import write_atomic
 from zoo.models import parse_part, seeded
 
-__all__ = ["ActivationCurve", "CurveStyle", "activation_curve", "activation_specs", "curve_styles",
-           "plot_activations", "plot_training"]
+__all__ = ["ActivationCurve", "CurveStyle", "Predictions", "activation_curve", "activation_specs", "curve_styles",
+           "plot_activations", "plot_predictions", "plot_training"]
 
 COLUMNS = 6
 MANY_CURVES = 10  # past this many curves in a panel, only the outliers get a colour of their own
@@ -212,6 +213,109 @@ def plot_training(panels: Mapping[str, Mapping[str, Sequence[float]]], path: str
             ax.text(0, -0.13, textwrap.fill(notes[title], 120), transform=ax.transAxes, va="top", fontsize=8)
     fig.suptitle("Training loss per epoch", fontsize=12)
     return _save(fig, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """What one classifier predicted for a few held-out inputs, and its confusion matrix over all of them."""
+
+    title: str
+    inputs: Any  # (K, C, H, W) images, (K, C, L) signals or (K, L) token ids: an array
+    truth: Any  # (K,) classes, or (K, L) for sequences
+    predicted: Any  # the same shape as truth
+    confusion: Sequence[Sequence[int]]  # counts; rows: the true class, columns: the predicted one
+    labels: Sequence[str]  # the name of each class
+
+
+RIGHT, WRONG = "tab:green", "tab:red"
+
+
+def plot_predictions(panels: Sequence[Predictions], path: str | os.PathLike[str]) -> pathlib.Path:
+    """One line per classifier into the PNG `path`: its sample inputs titled with the predicted label (red when
+    wrong, with the true one), and its confusion matrix. Images, signals and token sequences are drawn each in
+    one axes, so a line costs two axes however many samples it shows."""
+    if not panels:
+        raise BadArgumentsError("no predictions to plot")
+    width, height = 13.0, 2.4 * len(panels) + 0.9
+    fig, axes = plt.subplots(len(panels), 2, figsize=(width, height), squeeze=False,
+                             gridspec_kw={"width_ratios": [4, 1]})
+    # Fixed margins (inches), as in plot_activations: a layout engine would take seconds to find them.
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.75 / height, bottom=0.5 / height, hspace=0.8, wspace=0.12)
+    for (samples, confusion), panel in zip(axes, panels):
+        draw = {4: _draw_images, 3: _draw_signals, 2: _draw_tokens}.get(np.ndim(panel.inputs))
+        if draw is None:
+            raise BadArgumentsError(f"{panel.title}: cannot draw inputs of shape {np.shape(panel.inputs)}")
+        draw(samples, panel)
+        samples.set_title(panel.title, fontsize=10, loc="left")
+        _draw_confusion(confusion, panel)
+    fig.suptitle("Held-out samples with their predicted labels (red: wrong, the true label after 'is'), and "
+                 "confusion matrices", fontsize=11)
+    return _save(fig, path)
+
+
+def _verdict(panel: Predictions, i: int) -> tuple[str, str]:
+    """The label text of sample i, and its colour: the prediction, plus the truth when they differ."""
+    truth, predicted = np.asarray(panel.truth)[i], np.asarray(panel.predicted)[i]
+    if np.ndim(truth):
+        return " ".join(panel.labels[k] for k in predicted), RIGHT if np.array_equal(truth, predicted) else WRONG
+    text = panel.labels[predicted]
+    return (text, RIGHT) if truth == predicted else (f"{text}\n(is {panel.labels[truth]})", WRONG)
+
+
+def _draw_images(ax: Any, panel: Predictions) -> None:
+    """The images side by side in one picture (first channel), each with its label below it."""
+    images = np.asarray(panel.inputs, dtype=float)[:, 0]
+    count, rows, columns = images.shape
+    gap = max(2, columns // 8)
+    mosaic = np.full((rows, count * (columns + gap) - gap), np.nan)
+    for i, image in enumerate(images):
+        mosaic[:, i * (columns + gap) : i * (columns + gap) + columns] = image
+    ax.imshow(mosaic, cmap="gray", interpolation="nearest")
+    for i in range(count):
+        text, color = _verdict(panel, i)
+        ax.text(i * (columns + gap) + columns / 2, rows, text, color=color, ha="center", va="top", fontsize=8)
+    ax.set_axis_off()
+
+
+def _draw_signals(ax: Any, panel: Predictions) -> None:
+    """The signals one after the other along x (first channel), each with its label above it."""
+    signals = np.asarray(panel.inputs, dtype=float)[:, 0]
+    length = signals.shape[1]
+    gap, top = max(2, length // 8), float(np.nanmax(signals))
+    for i, signal in enumerate(signals):
+        start = i * (length + gap)
+        ax.plot(np.arange(start, start + length), signal, color="tab:blue", lw=1)
+        text, color = _verdict(panel, i)
+        ax.text(start + length / 2, top, text, color=color, ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(top=top + 0.35 * (top - float(np.nanmin(signals))))
+    ax.set_axis_off()
+
+
+def _draw_tokens(ax: Any, panel: Predictions) -> None:
+    """One line per sequence: its tokens, then the predicted ones."""
+    tokens = np.asarray(panel.inputs)
+    for i, sequence in enumerate(tokens):
+        text, color = _verdict(panel, i)
+        ax.text(0, 1 - (i + 0.5) / len(tokens), f"{' '.join(panel.labels[k] for k in sequence)}   ->   {text}",
+                color=color, family="monospace", va="center", fontsize=8, transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _draw_confusion(ax: Any, panel: Predictions) -> None:
+    """Counts of (true, predicted) classes, the count written in every cell that has one."""
+    counts = np.asarray(panel.confusion)
+    ax.imshow(counts, cmap="Blues", interpolation="nearest")
+    ticks = range(len(counts))
+    names = [label[:6] for label in panel.labels]
+    ax.set_xticks(ticks, names, fontsize=6, rotation=90 if len(counts) > 4 else 0)
+    ax.set_yticks(ticks, names, fontsize=6)
+    ax.set_xlabel("predicted", fontsize=7)
+    ax.set_ylabel("true", fontsize=7)
+    dark = counts.max() / 2
+    for (true, predicted), count in np.ndenumerate(counts):
+        if count:
+            ax.text(predicted, true, str(count), ha="center", va="center", fontsize=5 if len(counts) > 4 else 7,
+                    color="white" if count > dark else "black")
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> pathlib.Path:

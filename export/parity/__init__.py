@@ -1,6 +1,7 @@
 """The parity check: the exported model against the function's float64 value, within what float arithmetic
 allows an honest evaluation (``bounds``: both tiers of every value's tolerance), on probes that cover the
-whole float range (``probes``); a failure located by its node (``localize``).
+whole float range at every kind of input position within a budget of elements (``probes``); a failure
+located by its node (``localize``); the ops it covers (``coverage``); its error (``errors``).
 
 Names load on first use, so `import export.parity.probes` does not import torch.
 """

@@ -30,7 +30,15 @@ from export.run.cluster import tasks
 from export.run.outdir import check_out_dir, clear_run
 from export.run.pictures import draw_pictures
 from export.run.pool import WorkerDied
-from export.run.report import Report, format_table, regression_rows, table_rows, where_it_ran, write_report
+from export.run.report import (
+    Report,
+    classifier_rows,
+    format_table,
+    regression_rows,
+    table_rows,
+    where_it_ran,
+    write_report,
+)
 from export.run.row import Finished, run_row, store_bundle
 from export.run.rows import Job, Row, plan
 from zoo.errors import BadArgumentsError, ZooError
@@ -178,8 +186,10 @@ def run_command(ctx: click.Context, out: pathlib.Path, patterns: tuple[str, ...]
     DIR must be empty or missing: an earlier run there is replaced only with --force, anything else never.
 
     Rows: the course notes' regression once per registered linear layer (compared with the notes'
-    recipe and with least squares) and one MLP per registered activation. Ctrl-C writes the report
-    of the rows that finished and exits 130. Exits non-zero unless every row passes.
+    recipe and with least squares), one MLP per registered activation, and cnn, resnet, cnn1d and
+    transformer classifiers with a few activations and norms each (held-out accuracy in torch and
+    in onnxruntime). Ctrl-C writes the report of the rows that finished and exits 130. Exits
+    non-zero unless every row passes.
     """
     from zoo.options import emit_json
 
@@ -210,6 +220,10 @@ def _print_summary(report: Report, out: pathlib.Path) -> None:
     regression = regression_rows(report.rows)
     if regression:
         blocks.append("The course notes' regression, y = 10x + 5 + noise:\n" + format_table(regression))
+    classifiers = classifier_rows(report.rows)
+    if classifiers:
+        blocks.append("The classifiers on their held-out rows (torch, and the exported model in onnxruntime):\n"
+                      + format_table(classifiers))
     blocks += [f"{row.name} {row.status()}: {_clip(row.error or '', 300)}" for row in report.failed()]
     files = [str(out / name) for name in ["report.md", "report.json", *report.pictures]]
     if (out / "models").is_dir():

@@ -46,11 +46,13 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "predict", allow_abbrev=False, usage=PREDICT_USAGE, help="Run an .onnx model or a bundle on some input.",
         description="Run MODEL (an .onnx file or a bundle) on --input x.npy or on VALUES: with a model of F "
-        "input features, N*F values make N rows of F. Negative numbers, nan and inf may be given as they are.",
+        "input features, N*F values make N rows of F. Negative numbers, nan and inf may be given as they are. "
+        "A classifier prints the class of each input (a sequence classifier: of each position).",
     )
     run.add_argument("model", metavar="MODEL", type=pathlib.Path)
     run.add_argument("--input", dest="input_path", metavar="X", type=pathlib.Path,
-                     help="a .npy file (or a TensorProto .pb) holding the input batch")
+                     help="a .npy file (or a TensorProto .pb) holding the input batch: rows, images, signals, or "
+                     "token ids (N, L) for a model of one-hot tokens")
     run.add_argument("-o", "--output", type=pathlib.Path,
                      help="write the output to this .npy file (.npz: every output by name) instead of printing it")
     run.add_argument("--json", dest="as_json", action="store_true",

@@ -76,7 +76,12 @@ def predict(
     as_json: bool = False,
     echo: Echo = print,
 ) -> None:
-    """Run MODEL (an .onnx file or a bundle) on VALUES or an --input file; print the rows or write ``output``."""
+    """Run MODEL (an .onnx file or a bundle) on VALUES or an --input file; print the rows or write ``output``.
+
+    A classifier's rows print as the class each input gets (by name when its training set named
+    them), a sequence classifier's as the class at each position; --json gives those as
+    ``predictions`` beside the raw ``outputs``, and ``output`` holds the raw outputs (logits).
+    """
     if (input_path is None) == (not values):
         raise UsageError("give the input either as VALUES or with --input x.npy (one of them)")
     if output is not None:
@@ -87,6 +92,7 @@ def predict(
     model = OnnxModel(model_path / MODEL_FILE if model_path.is_dir() else model_path)
     x = read_input(input_path) if input_path is not None else rows(model, values)
     outputs = model.run_all(x)
+    classes = predicted_classes(model, outputs)
     if output is not None:
         save(output, outputs)
         if as_json:
@@ -94,13 +100,40 @@ def predict(
         else:
             echo(f"wrote {output} ({', '.join(f'{k} {v.shape}' for k, v in outputs.items())})")
     elif as_json:
-        emit_json({"model": str(model.path), "outputs": {k: jsonable(v.tolist()) for k, v in outputs.items()}}, echo)
+        document = {"model": str(model.path), "outputs": {k: jsonable(v.tolist()) for k, v in outputs.items()}}
+        if classes is not None:
+            document.update(predictions=classes.tolist(), labels=model.labels)
+        emit_json(document, echo)
+    elif classes is not None:
+        for line in class_lines(classes, model.labels):
+            echo(line)
     else:
         for name, value in outputs.items():
             if len(outputs) > 1:
                 echo(f"{name}:")
             for row in np.asarray(value).reshape(len(value), -1):
                 echo(" ".join(str(v) for v in row))
+
+
+# The tasks whose outputs are logits over classes (per input, or per position of a sequence).
+CLASSIFIER_TASKS = ("classification", "sequence_classification")
+
+
+def predicted_classes(model: OnnxModel, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The class of the highest logit, (N,) or (N, L), for a classifier of one output; None for other models."""
+    if model.task not in CLASSIFIER_TASKS or len(outputs) != 1:
+        return None
+    return np.argmax(next(iter(outputs.values())), axis=-1)
+
+
+def class_lines(classes: np.ndarray, labels: Sequence[str] | None) -> list[str]:
+    """One line per input row: its class (``2 triangle`` when the classes are named), or a sequence's classes."""
+    def named(k: int) -> str:
+        return labels[k] if labels is not None and k < len(labels) else str(k)
+
+    if classes.ndim == 1:
+        return [f"{k} {named(k)}" if labels is not None else str(k) for k in classes.tolist()]
+    return [" ".join(named(k) for k in row) for row in classes.reshape(len(classes), -1).tolist()]
 
 
 def rows(model: OnnxModel, values: Sequence[float]) -> np.ndarray:

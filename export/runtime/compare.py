@@ -22,12 +22,18 @@ class, by its reference value ``r`` and worst-case bound ``b``:
 Why ``SPREADS = 8``: an honest error is a sum of many small independent roundings, each bounded,
 so its tail is sub-Gaussian: with Bernstein's inequality, when no single rounding dominates, the
 chance that it exceeds k standard deviations is about ``2 exp(-k^2 / 2)``, 1.3e-14 at k = 8: a
-check of 10^8 elements (far more than any probe set) fails an honest evaluation with probability
-about 1e-6. Where one rounding dominates, the error is within that rounding's bound, sqrt(3)
-spreads, far inside. The spread itself is an upper estimate (each rounding taken as uniform on
-its whole bound), so honest errors sit at about 0.1 to 0.6 of the statistical bound (measured
-over widths 64 to 1024 and 2 to 12 layers, README: Parity), while a systematic error (a weight,
-a bias, a scale, a constant) shows at every element it touches and fails it.
+check of 10^8 elements (far more than any probe set) flags an honest evaluation with probability
+about 1e-6. Where one rounding dominates, the error is within that rounding's own bound, far inside.
+One part has a heavier tail: the own rounding of a sum seen at one element (its partial sums, and
+so its variance, vary from element to element, as the energy of a random walk tied at both ends
+does: an exponential tail). Measured on sequential float32 sums of 64 to 1024 terms, 10^6 samples
+each, its tail falls by about a decade every 1.4 of its spreads, from 2e-5 at 7; the bounds pass
+counts that part 5 times in the variance (``export.parity.bounds.core.TAIL``), so 8 spreads are 17.9
+of its own, where its tail is about 1e-13. The spread is an upper estimate
+(each rounding uniform on half an ulp; partial sums of a random order, which blocked and pairwise
+sums undercut), so honest errors sit at about 0.2 to 0.6 of the statistical bound (measured over
+widths 64 to 1024 and 2 to 12 layers: bench/power.py), while a systematic error (a weight, a bias,
+a scale, a constant) shows at every element it touches and fails it.
 
 ``check_parity`` (at export, next to torch) and ``verify_bundle`` (anywhere, runtime alone) both
 judge with ``compare_output``, on every probe stacked into one array per output; reports speak in
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -69,6 +76,11 @@ class Tolerance:
     def concatenate(parts: list[Tolerance] | tuple[Tolerance, ...]) -> Tolerance:
         """Tolerances of consecutive row blocks, stacked."""
         return Tolerance(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("bound", "spread", "allowance")))
+
+    @staticmethod
+    def stack(parts: Sequence[Tolerance]) -> Tolerance:
+        """Tolerances of several batches of one output as one, the way ``stack_batches`` stacks their values."""
+        return Tolerance(*(stack_batches([getattr(p, f) for p in parts]) for f in ("bound", "spread", "allowance")))
 
     @staticmethod
     def worst_case(bound: np.ndarray) -> Tolerance:
@@ -151,6 +163,37 @@ class OutputVerdict:
             return f"{w.ratio:.3g} times its worst-case bound"
         return (f"within the worst-case bound at {w.ratio:.2g}; {w.spreads:.3g} spreads out "
                 f"(the rule allows {SPREADS:g} beyond the allowance)")
+
+
+def stack_batches(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """One output of several batches as one array: stacked on the batch axis where their other axes agree,
+    else each flattened (a sequence model's outputs at several lengths), so one verdict covers them all."""
+    if _by_rows([part.shape for part in parts]):
+        return np.concatenate(parts)
+    return np.concatenate([part.reshape(-1) for part in parts])
+
+
+def batch_slices(shapes: Sequence[tuple[int, ...]]) -> list[slice]:
+    """Where each batch (of these shapes) lies along the first axis of ``stack_batches`` of them."""
+    by_rows = _by_rows(shapes)
+    sizes = [shape[0] if by_rows else math.prod(shape) for shape in shapes]
+    ends = np.cumsum(sizes, dtype=np.int64)
+    return [slice(int(end) - size, int(end)) for size, end in zip(sizes, ends)]
+
+
+def locate_batch(shapes: Sequence[tuple[int, ...]], index: Sequence[int]) -> tuple[int, int]:
+    """(batch, row in that batch) of the element at ``index`` of ``stack_batches`` of batches of these shapes."""
+    by_rows = _by_rows(shapes)
+    for batch, (where, shape) in enumerate(zip(batch_slices(shapes), shapes)):
+        if where.start <= index[0] < where.stop:
+            offset = index[0] - where.start
+            return batch, offset if by_rows else offset // (math.prod(shape[1:]) or 1)
+    raise IndexError(f"element {list(index)} lies in no batch")
+
+
+def _by_rows(shapes: Sequence[tuple[int, ...]]) -> bool:
+    """Whether batches of these shapes stack on their batch axis (their other axes agree)."""
+    return len({tuple(shape[1:]) for shape in shapes}) <= 1
 
 
 def bound_ratio(actual: np.ndarray, reference: np.ndarray, bound: np.ndarray) -> np.ndarray:

@@ -35,7 +35,11 @@ class InputError(ValueError):
 
 
 class OnnxModel:
-    """A single-input ONNX model loaded into onnxruntime: ``OnnxModel("mlp.onnx").run(x)``."""
+    """A single-input ONNX model loaded into onnxruntime: ``OnnxModel("mlp.onnx").run(x)``.
+
+    A model of one-hot tokens, float input (batch, sequence, V), also takes token ids (N, L) of an
+    integer dtype: they are one-hot encoded here (``vocabulary`` is V, else None).
+    """
 
     def __init__(
         self,
@@ -64,6 +68,7 @@ class OnnxModel:
         self._fixed_dims = tuple((axis, dim) for axis, dim in enumerate(self.input_shape) if isinstance(dim, int))
         dynamic_batch_only = len(self._fixed_dims) == len(self.input_shape) - 1 and not isinstance(self.input_shape[0], int)
         self._sample_shape = self.input_shape[1:] if dynamic_batch_only else None
+        self.vocabulary: int | None = _vocabulary(self.input_shape, self.dtype)
         self._infer = _runner(self._session)
 
     def __repr__(self) -> str:
@@ -97,6 +102,22 @@ class OnnxModel:
             raise InputError(f"expected input of shape {self.input_spec}, got {tuple(shape)}")
         return array
 
+    @property
+    def task(self) -> str | None:
+        """The task the model was built for (its ``zoo.meta`` metadata), e.g. "classification"; None when unknown."""
+        meta = self.metadata.get("zoo.meta")
+        task = meta.get("task") if isinstance(meta, dict) else None
+        return task if isinstance(task, str) else None
+
+    @property
+    def labels(self) -> list[str] | None:
+        """The names of the classes, from the training set's parameters (``zoo.training``); None when it has none."""
+        training = self.metadata.get("zoo.training")
+        dataset = training.get("dataset") if isinstance(training, dict) else None
+        params = dataset.get("params") if isinstance(dataset, dict) else None
+        labels = params.get("labels") if isinstance(params, dict) else None
+        return [str(label) for label in labels] if isinstance(labels, list) else None
+
     def _convert(self, x: Any) -> np.ndarray:
         try:
             array = np.asarray(x)
@@ -104,6 +125,8 @@ class OnnxModel:
             raise InputError(
                 f"expected input of shape {self.input_spec}, got a ragged or non-numeric value"
             ) from exc
+        if self.vocabulary is not None and array.dtype.kind in "iu" and array.ndim == len(self.input_shape) - 1:
+            return self._one_hot(array, self.vocabulary)
         if not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
             raise InputError(f"expected input of shape {self.input_spec}, got values of dtype {array.dtype}")
         with np.errstate(over="ignore"):
@@ -115,6 +138,22 @@ class OnnxModel:
                 raise InputError(f"input value {value:g} overflows {self.dtype} (largest {limit:g})")
         return converted
 
+    def _one_hot(self, ids: np.ndarray, vocabulary: int) -> np.ndarray:
+        """Token ids (N, L) as the one-hot rows (N, L, vocabulary) the model takes; InputError for an unknown id."""
+        unknown = (ids < 0) | (ids >= vocabulary)
+        if unknown.any():
+            raise InputError(f"token id {ids[unknown].flat[0]} is not one of the model's {vocabulary} tokens "
+                             f"(0 to {vocabulary - 1}); it takes token ids (N, L) or one-hot rows {self.input_spec}")
+        return np.eye(vocabulary, dtype=self.dtype)[ids]
+
+
+def _vocabulary(shape: tuple[int | str | None, ...], dtype: np.dtype) -> int | None:
+    """V for a model of one-hot tokens, a float input (batch, sequence, V) of any length and V fixed; else None.
+
+    Such a model also takes token ids (N, L) of an integer dtype, as zoo's transformer does in torch.
+    """
+    tokens = len(shape) == 3 and dtype.kind == "f" and isinstance(shape[2], int)
+    return shape[2] if tokens and not isinstance(shape[1], int) else None
 
 
 def _read_model_file(path: pathlib.Path) -> bytes:

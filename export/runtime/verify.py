@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .backends import RuntimeLoadError, load_runner
-from .compare import SPREADS, OutputVerdict, Tolerance, compare_output, jsonable
+from .compare import SPREADS, OutputVerdict, Tolerance, compare_output, jsonable, locate_batch, stack_batches
 from .integrity import MANIFEST, Damage, damage, listing_problem, some
 from .model import InputError, ModelFileError, OnnxModel
 from .tensor_proto import TensorProtoError, read_tensor
@@ -75,6 +75,7 @@ class VerifyReport:
     runtime: str
     test_data_sets: int
     outputs: list[OutputVerdict]
+    worst_set: str | None = None  # the test data set and row of the worst failing element, e.g. "test_data_set_3"
 
     @property
     def ok(self) -> bool:
@@ -111,7 +112,7 @@ class VerifyReport:
         w = bad.worst
         tiers = bad.explain_worst()
         return (f"worst ({w.element_class}) of output {bad.name!r}: expected {w.reference!r}, got {w.actual!r} "
-                f"at row {w.index[0]}" + (f", {tiers}" if tiers else ""))
+                f"at {self.worst_set or f'row {w.index[0]}'}" + (f", {tiers}" if tiers else ""))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (non-finite floats become the strings 'nan', 'inf', '-inf')."""
@@ -155,17 +156,27 @@ def verify_bundle(path: str | os.PathLike[str], *, strict: bool = True, runtime:
             for kind in kinds:
                 parts[name][kind].append(_tensor(set_dir / f"{kind}_{index}.pb", root, name, np.dtype(np.float64)))
     expected = [o["name"] for o in manifest.get("outputs", [])] or model.output_names
-    stacked = {name: {k: np.concatenate(v) for k, v in part.items()} for name, part in parts.items()}
+    stacked = {name: {k: stack_batches(v) for k, v in part.items()} for name, part in parts.items()}
     verdicts = [
         compare_output(name, stacked[name]["actual"], stacked[name]["reference"],
                        Tolerance(*(stacked[name][k] for k in TOLERANCE_FILES)), dtype=dtype, expected_name=wanted)
         for name, wanted in zip(model.output_names, expected)
     ]
     digest = manifest["files"][model_path.name]["sha256"]
-    report = VerifyReport(str(root), digest, model.opset, runtime, len(sets), verdicts)
+    report = VerifyReport(str(root), digest, model.opset, runtime, len(sets), verdicts,
+                          _worst_set(verdicts, {name: [r.shape for r in part["reference"]] for name, part in parts.items()}))
     if strict and not report.ok:
         raise BundleMismatchError(report)
     return report
+
+
+def _worst_set(verdicts: list[OutputVerdict], shapes: dict[str, list[tuple[int, ...]]]) -> str | None:
+    """Where the worst element of the first failing output lies: its test data set and row."""
+    bad = next((v for v in verdicts if not v.ok and v.worst is not None and not v.problem), None)
+    if bad is None:
+        return None
+    index, row = locate_batch(shapes[bad.name], bad.worst.index)
+    return f"row {row} of {SET_PREFIX}{index}"
 
 
 def _named(runner: Any, model: OnnxModel) -> Any:

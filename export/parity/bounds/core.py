@@ -63,8 +63,8 @@ import torch
 # data-dependent forwards, which third-party activations may have.
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from export.parity.errors import ParityError
 from export.runtime.compare import SPREADS, Tolerance
-from zoo.errors import ZooError
 
 UNIT = {"float32": 2.0**-24, "float16": 2.0**-11}
 # A transcendental kernel (exp, erf, tanh, ...) and the few roundings of a fused activation's
@@ -96,8 +96,9 @@ ROW_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm, torch.nn.
              torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d)
 
 
-class BoundError(ZooError, ValueError):
-    """The model uses an op without an error rule, so its parity cannot be judged; the message names it."""
+class BoundError(ParityError, ValueError):
+    """The model uses an op without an error rule, so its parity cannot be judged; the message names the op,
+    the module that called it and how to add a rule."""
 
 
 @dataclass
@@ -229,8 +230,7 @@ def _run_chunk(wide: torch.nn.Module, x: np.ndarray, dtype: str, modules: bool,
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.no_grad())
         for name, module in wide.named_modules():
-            if not list(module.children()):
-                stack.enter_context(_hooked(module, name, mode, modules))
+            stack.enter_context(_hooked(module, name, mode, modules))
         stack.enter_context(mode)
         result = wide(inputs)
     outputs = list(result) if isinstance(result, (tuple, list)) else [result]
@@ -249,23 +249,31 @@ def _float64_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _hooked(module: torch.nn.Module, name: str, mode: BoundMode, record: bool) -> Iterator[None]:
-    """Give an activation its limits at +-inf, and record the module's output when asked."""
-    elementwise = all(p.dim() < 2 for p in module.parameters()) and not isinstance(module, ROW_NORMS)
+    """Keep the stack of modules running (an error names the caller), give a leaf activation its limits at
+    +-inf, and record the module's output when asked (every module but the model itself, in the order they end)."""
+    elementwise = (not list(module.children()) and all(p.dim() < 2 for p in module.parameters())
+                   and not isinstance(module, ROW_NORMS))
+
+    def enter(mod: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
+        mode.calls.append((name, type(mod).__name__))
 
     def hook(mod: torch.nn.Module, inputs: tuple[Any, ...], output: Any) -> Any:
-        if not isinstance(output, torch.Tensor) or not inputs or not isinstance(inputs[0], torch.Tensor):
+        mode.calls.pop()
+        if not inputs or not isinstance(inputs[0], torch.Tensor):
             return None
-        if elementwise:
+        if elementwise and isinstance(output, torch.Tensor):
             output = mode.take_limits(mod, inputs[0], output)
-        if record:
-            mode.recorded.append(ModuleValue(name, type(mod).__name__, output.numpy().copy(), mode.tolerance(output)))
+        value = next((v for v in flat(output) if isinstance(v, torch.Tensor)), None)  # attention: (output, weights)
+        if record and name and value is not None and value.is_floating_point():
+            mode.recorded.append(ModuleValue(name, type(mod).__name__, value.numpy().copy(), mode.tolerance(value)))
         return output
 
-    handle = module.register_forward_hook(hook)
+    handles = [module.register_forward_pre_hook(enter), module.register_forward_hook(hook)]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 class BoundMode(TorchDispatchMode):
@@ -278,6 +286,7 @@ class BoundMode(TorchDispatchMode):
         self.narrow = np.dtype(dtype)
         self.known: dict[int, tuple[torch.Tensor, Bounded]] = {}
         self.recorded: list[ModuleValue] = []
+        self.calls: list[tuple[str, str]] = []  # (name, class) of each module whose forward is running
         self.paused = False
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -287,16 +296,28 @@ class BoundMode(TorchDispatchMode):
             return out
         rule = rule_for(func)
         if rule is None:
-            raise BoundError(
-                f"no error rule for {func}, so the parity of a model that uses it cannot be judged; "
-                "build the model from ops that have one (README: Parity, covered ops)"
-            )
-        bounded = rule(self, func, args, kwargs, out)
+            raise BoundError(self.missing_rule(func))
+        try:
+            bounded = rule(self, func, args, kwargs, out)
+        except BoundError as error:  # a rule that cannot judge this use of its op: say where it is
+            raise BoundError(f"{error} (called by {self.caller()})") from None
         if bounded is not None:
             for tensor, bound in zip(flat(out), flat(bounded)):
                 if isinstance(tensor, torch.Tensor) and bound is not None:
                     self.remember(tensor, bound)
         return out
+
+    def caller(self) -> str:
+        """The module whose forward runs now, for an error message."""
+        name, kind = self.calls[-1] if self.calls else ("", "")
+        return f"module {name!r} ({kind})" if name else f"the model itself ({kind})" if kind else "the model"
+
+    def missing_rule(self, func: Any) -> str:
+        """What to say of an op without a rule: the op, the module that called it, how to add a rule."""
+        packet = func.overloadpacket.__name__
+        return (f"no parity rule for {func}, called by {self.caller()}, so the parity of this model cannot be judged; "
+                f"build it from covered ops, or add a rule with @export.parity.bounds.rule(torch.ops.aten.{packet}) "
+                "(README: Parity, covered ops)")
 
     # -- bookkeeping
     def remember(self, tensor: torch.Tensor, bound: Bounded) -> None:
