@@ -11,7 +11,9 @@ input errors move the function var(x) (2 mean(|x - mean| e) + mean(e^2), exactly
 gamma_{n+4} 2 (mean(x^2) + mean|x|^2), which covers the one-pass cancellation and the two-pass
 deviations alike; 1 / sqrt(var + eps) by its change over that interval (unbounded where the
 interval reaches 0: the computed variance may be negative, and its root NaN); then the few
-elementwise roundings of (x - mean) r w + b. Sums of squares beyond the dtype's range are unbounded.
+elementwise roundings of (x - mean) r w + b. However large the input's errors, a computed z is at most
+about sqrt(n) (it is a deviation over the root mean square of them all) where eps exceeds what one pass
+may cancel: deep float16 stacks, whose worst case would reach a zero variance, keep a finite bound. Sums of squares beyond the dtype's range are unbounded.
 
 **Tier 2.** Input spreads pass through the Jacobian, r w_i (delta_ij - (1 + z_i z_j) / n) with
 z = (x - mean) r, in quadrature. The mean's and the variance's own roundings are those of n-term
@@ -110,12 +112,28 @@ def _normalised(mode: BoundMode, x: torch.Tensor, given: Bounded, w: torch.Tenso
         d_error = e + e.mean(1, keepdim=True) + mean_rounding + unit * deviation
         z_error = d_error * r + (d.abs() + d_error) * r_error
         z_error = z_error + mode.own(z.abs() + z_error)
+        z_error = torch.minimum(z_error, z.abs() + _ceiling(n, unit, tiny, eps - _rounded(eps, mode) - one_pass))
         error = scale * z_error + mode.own(scale * (z.abs() + z_error) + y.abs(), SCALAR_ULPS)
         # a sum may overflow: of the values or the squared deviations in the dtype, of squares in float32
         overflow = (n * torch.maximum(first, spread_out) > mode.max) | (n * second > np.finfo(np.float32).max)
         error = error.masked_fill(overflow, math.inf)
         spread, local, allowance = _statistical(mode, x, given, scale, (mean, d, var, r, z), y, eps)
     return Bounded(error, spread, allowance, local=local)
+
+
+def _ceiling(n: int, unit: float, tiny: float, low_eps: torch.Tensor) -> torch.Tensor:
+    """The largest |z| any evaluation computes, whatever its input's errors, where ``low_eps`` (eps as held, less
+    what one pass may cancel) stays above what the squares' underflow may take; infinite elsewhere.
+
+    Two passes divide the computed deviations d by the root of their own mean square D, less gamma_{n+4} of it
+    and what underflow loses (at most min(D, tiny)), plus eps: z^2 <= n D / ((1 - gamma) D - min(D, tiny) + eps),
+    at most n max(1 / (1 - gamma), tiny / (eps - gamma tiny)). One pass subtracts its cancellation from eps.
+    The root and the division round a few times.
+    """
+    g = gamma(n + 4, unit)
+    margin = low_eps - g * tiny
+    square = n * torch.maximum(torch.tensor(1 / (1 - g)), tiny / margin.clamp(min=FLOAT64_TINY))
+    return torch.where(margin > 0, square.sqrt() * (1 + BASIC_ULPS * unit), math.inf)
 
 
 def _statistical(mode: BoundMode, x: torch.Tensor, given: Bounded, scale: torch.Tensor,

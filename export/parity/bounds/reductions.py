@@ -26,7 +26,8 @@ from export.parity.bounds.core import (
 
 @rule(aten._softmax, aten._log_softmax)
 def _softmax(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) -> Bounded:
-    """softmax: each p_i moves by p_i (e_i - sum_j p_j e_j); exp, the n-term sum and the division round."""
+    """softmax: each p_i moves by p_i (e_i - sum_j p_j e_j), and never out of [0, 1]; exp, the n-term sum and the
+    division round."""
     x, dim = args[0], args[1]
     bound = mode.bounded(x)
     soft = func.overloadpacket is aten._softmax
@@ -46,7 +47,10 @@ def _softmax(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) ->
         if soft:
             ulps = KERNEL_ULPS + gamma(n, mode.unit) / mode.unit + 2 + shifted
             rounding = out * own + mode.tiny
-            return Bounded(out * weighted + mode.own(out * ulps), quadrature(scaled(spread, out), rounding),
+            # whatever its input's errors, a computed weight lies in [0, 1] but for the sum's and division's roundings
+            ceiling = torch.maximum(out, 1 - out) + mode.own(torch.ones_like(out), gamma(n, mode.unit) / mode.unit + 2)
+            error = torch.minimum(out * weighted + mode.own(out * ulps), ceiling)
+            return Bounded(error, quadrature(scaled(spread, out), rounding),
                            scaled(allowance, out), local=scaled(bound.local, out * out))
         log_sum = (out - x + x.amax(dim, keepdim=True)).abs()  # |log sum exp(x - max)|
         size = shifted + KERNEL_ULPS * log_sum + (n + KERNEL_ULPS) + out.abs()
