@@ -1,5 +1,5 @@
 """Plain torch models with norms and attention, as a user would write them (none from the registry), for
-tests/test_parity_norm.py and tests/test_parity_attention.py: small widths, short sequences."""
+tests/test_parity_attention.py: small widths, short sequences."""
 
 from __future__ import annotations
 
@@ -131,3 +131,19 @@ class TinyViT(nn.Module):
         patches = x.reshape(-1, 2, 4, 2, 4).permute(0, 1, 3, 2, 4).reshape(-1, 4, 16)
         tokens = self.encoder(self.embed(patches) + self.position)
         return self.head(self.norm(tokens.mean(1)))
+
+
+class TokenModel(nn.Module):
+    """Tokens of 6 features at any length up to 32: a linear token embedding plus an nn.Embedding lookup of each
+    position (the ids from arange: probes are floats), one encoder layer, logits per token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, WIDTH)
+        self.position = nn.Embedding(32, WIDTH)
+        self.encoder = encoder_layer()
+        self.head = nn.Linear(WIDTH, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        return self.head(self.encoder(self.embed(x) + self.position(positions)))

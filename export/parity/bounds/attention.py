@@ -126,7 +126,8 @@ def _masked(mode: BoundMode, scores: torch.Tensor, keep: torch.Tensor) -> torch.
     bound = mode.bounded(scores)
     with mode.pause():
         result = scores.masked_fill(~keep, -math.inf)
-        lost = torch.where(torch.isinf(bound.error), math.inf, 0.0)
+        reach = mode.reach(bound)
+        lost = torch.where(torch.isinf(bound.error if reach is None else reach), math.inf, 0.0)
         parts = [None if p is None else torch.where(keep, p, lost)
                  for p in (bound.error, bound.spread, bound.allowance, bound.local)]
     mode.remember(result, Bounded(parts[0], parts[1], parts[2], local=parts[3]))

@@ -321,20 +321,25 @@ class BoundMode(TorchDispatchMode):
 
     # -- bookkeeping
     def remember(self, tensor: torch.Tensor, bound: Bounded) -> None:
+        """Keep a value's tiers. Where it, or the terms of its sum, pass the dtype's range, neither tier bounds it
+        (float arithmetic may overflow there); where only the worst case has no bound (a variance that might
+        cancel to 0), tier 2 still judges it."""
         error = nan_to_inf(bound.error)
+        overflow = torch.isinf(error) & ~torch.isfinite(tensor) if tensor.is_floating_point() else None
         if tensor.is_floating_point():  # beyond the dtype's range any evaluation may overflow
             size = tensor.abs()
             beyond = (size > self.max) & (size < math.inf)
-            if bound.partial is not None:  # a partial sum may overflow in some order
+            overflow |= beyond
+            if bound.partial is not None:  # a partial sum may overflow in some order: of the worst case, of the terms
                 beyond |= bound.partial.terms > self.max
+                overflow |= bound.partial.terms - bound.partial.carried > self.max
             error = error.masked_fill(beyond, math.inf)
         bound.error = error
-        unbounded = None
         for part in ("spread", "allowance", "local"):
             value = getattr(bound, part)
             if value is not None:
-                unbounded = torch.isinf(error) if unbounded is None else unbounded
-                setattr(bound, part, nan_to_inf(value).masked_fill(unbounded, math.inf))
+                value = nan_to_inf(value)
+                setattr(bound, part, value if overflow is None else value.masked_fill(overflow, math.inf))
         self.known[id(tensor)] = (tensor, bound)  # the tensor held, so its id is never reused during the pass
 
     def held_bytes(self) -> int:

@@ -114,11 +114,19 @@ def _normalised(mode: BoundMode, x: torch.Tensor, given: Bounded, w: torch.Tenso
         z_error = z_error + mode.own(z.abs() + z_error)
         z_error = torch.minimum(z_error, z.abs() + _ceiling(n, unit, tiny, eps - _rounded(eps, mode) - one_pass))
         error = scale * z_error + mode.own(scale * (z.abs() + z_error) + y.abs(), SCALAR_ULPS)
-        # a sum may overflow: of the values or the squared deviations in the dtype, of squares in float32
-        overflow = (n * torch.maximum(first, spread_out) > mode.max) | (n * second > np.finfo(np.float32).max)
-        error = error.masked_fill(overflow, math.inf)
-        spread, local, allowance = _statistical(mode, x, given, scale, (mean, d, var, r, z), y, eps)
+        # a sum may overflow: of the values or the squared deviations in the dtype, of squares in float32; in the
+        # worst case of the input's errors (tier 1), or of the values themselves (both tiers)
+        error = error.masked_fill(_overflows(mode, n, first, spread_out, second), math.inf)
+        honest = _overflows(mode, n, x.abs().mean(1, True), var, (x * x).mean(1, True))
+        parts = _statistical(mode, x, given, scale, (mean, d, var, r, z), y, eps)
+        spread, local, allowance = (p.masked_fill(honest, math.inf) for p in parts)
     return Bounded(error, spread, allowance, local=local)
+
+
+def _overflows(mode: BoundMode, n: int, first: torch.Tensor, deviations: torch.Tensor,
+               second: torch.Tensor) -> torch.Tensor:
+    """Where a row's sums may overflow: of |x| or of squared deviations in the dtype, of squares in float32."""
+    return (n * torch.maximum(first, deviations) > mode.max) | (n * second > np.finfo(np.float32).max)
 
 
 def _ceiling(n: int, unit: float, tiny: float, low_eps: torch.Tensor) -> torch.Tensor:
