@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import functools
 import importlib.util
+import inspect
 import io
 import json
 import logging
@@ -273,15 +274,24 @@ def seeded_example(shape: Sequence[int | None], batch: int = TRACE_BATCH) -> tor
 
 @contextlib.contextmanager
 def eval_copy(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[torch.nn.Module]:
-    """The model in eval mode and ``dtype``; the caller's model keeps its mode and dtype."""
+    """The model in eval mode and ``dtype``, with torch's attention fast path off; the caller's model keeps
+    its mode and dtype.
+
+    In eval, nn.MultiheadAttention and nn.TransformerEncoderLayer otherwise run fused kernels (and nested
+    tensors) that no exporter lowers and the parity pass cannot judge; off, they run the same function
+    op by op. The export, the parity reference and torch eager all run inside this context.
+    """
     params = [*model.parameters(), *model.buffers()]
     if any(p.is_floating_point() and p.dtype != dtype for p in params):
         model = copy.deepcopy(model).to(dtype)
     modes = {module: module.training for module in model.modules()}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         yield model
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for module, training in modes.items():
             module.training = training
 
@@ -355,7 +365,7 @@ def _export_torchscript(
     batch = {0: BATCH_AXIS} if options.dynamic_batch else {}
     dynamic = {**{name: axes for name in options.input_names}, **{name: batch for name in options.output_names}}
     buffer = io.BytesIO()
-    with adapters.torchscript_symbolics(chosen, options.chosen_opset):
+    with adapters.torchscript_symbolics(chosen, options.chosen_opset), _forward_of_inputs_only(model):
         torch.onnx.export(
             model,
             (example,),
@@ -367,6 +377,29 @@ def _export_torchscript(
             **names,
         )
     return onnx.load_from_string(buffer.getvalue())
+
+
+@contextlib.contextmanager
+def _forward_of_inputs_only(model: torch.nn.Module) -> Iterator[None]:
+    """Let the torchscript exporter see ``forward(*inputs)`` alone while it traces ``model``.
+
+    It appends the default of every forward parameter the example does not give to the traced inputs,
+    where a flag such as nn.TransformerEncoderLayer's ``is_causal=False`` becomes a tensor that
+    torch.nn.functional then refuses. The module keeps its names, so node scopes are unchanged.
+    """
+    parameters = list(inspect.signature(model.forward).parameters.values())[1:]
+    if not any(p.default is not p.empty for p in parameters):
+        yield
+        return
+    forward, own = model.forward, vars(model).get("forward")
+    model.forward = lambda *inputs: forward(*inputs)
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own
 
 
 def _export_dynamo(

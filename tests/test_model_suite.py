@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import numpy as np
 import onnx
 import onnxruntime
 import pytest
@@ -20,7 +19,6 @@ from torch import nn
 import zoo
 from export import check_parity, to_onnx
 from export.onnx_export import dynamic_axes
-from export.parity.bounds import BoundError
 from zoo.models import NAMED_PARTS, example_shape, listed_input_shape
 
 VARIANTS = [
@@ -32,9 +30,6 @@ CASES = [(name, {}) for name in zoo.list_models()] + VARIANTS
 OTHER_SIZES = [(1, 2), (5, 7)]
 # Probe input elements per export: every probe value still appears (export.parity.probes), in seconds.
 PARITY_BUDGET = 2**13
-# PLACEHOLDER, not the parity rule: a plain sanity tolerance for the exports whose ops export.parity has
-# no rule for yet (the issue "Parity for the models people deploy"); every other export goes through it.
-SANITY = {"rtol": 1e-4, "atol": 1e-5}
 
 
 def case_id(case: tuple[str, dict[str, Any]]) -> str:
@@ -123,17 +118,9 @@ def test_exports_run_in_onnxruntime_at_other_sizes(exported):
 
 
 def test_exports_pass_parity(exported):
-    """check_parity on probes of several batch sizes and lengths; the placeholder tolerance where an op has no rule."""
-    model, session, _, path = exported
-    try:
-        report = check_parity(model, path, strict=False, explain=False, budget=PARITY_BUDGET)
-    except BoundError:
-        for size, length in OTHER_SIZES:
-            x = batch(model, size, length, seed=1)
-            with torch.no_grad():
-                expected = model(x).numpy()
-            np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected, **SANITY)
-        return
+    """check_parity on probes of several batch sizes and sequence lengths: every registered model's ops have rules."""
+    model, _, _, path = exported
+    report = check_parity(model, path, strict=False, explain=False, budget=PARITY_BUDGET)
     assert report.ok, report.summary()
 
 

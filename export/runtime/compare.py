@@ -12,11 +12,13 @@ The tolerance of each output element has two tiers (from ``export.parity.bounds`
 A finite element passes where ``|actual - reference|`` is within both. Each element falls in one
 class, by its reference value ``r`` and worst-case bound ``b``:
 
-- ``finite``: r finite, b finite. Passes when within both tiers, or when r + b reaches past the
-  dtype's largest value and actual is the infinity of r's sign (a correct evaluation may overflow).
+- ``finite``: r finite, and b or the statistical bound finite. Passes when within both tiers, or when
+  r + b reaches past the dtype's largest value and actual is the infinity of r's sign (a correct
+  evaluation may overflow). Where b alone is infinite (the worst case of a deep float16 stack may
+  cancel a variance to 0), the statistical bound judges it.
 - ``nan``: r is NaN (the function is undefined there, e.g. NaN in): actual must be NaN.
 - ``inf``: r is +-inf with a finite bound (an activation's limit at an infinite input): actual must be r.
-- ``unconstrained``: b is infinite: a value or the terms of a sum on the way exceed the dtype's
+- ``unconstrained``: both tiers infinite: a value or the terms of a sum on the way exceed the dtype's
   range, so float arithmetic may give anything there. Counted, never judged.
 
 Why ``SPREADS = 8``: an honest error is a sum of many small independent roundings, each bounded,
@@ -204,10 +206,12 @@ def bound_ratio(actual: np.ndarray, reference: np.ndarray, bound: np.ndarray) ->
     return np.where(np.isnan(ratio), np.inf, ratio)
 
 
-def classify(reference: np.ndarray, bound: np.ndarray) -> dict[str, np.ndarray]:
-    """The element classes of the module docstring, as boolean masks."""
+def classify(reference: np.ndarray, bound: np.ndarray, statistical: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The element classes of the module docstring, as boolean masks (``statistical``: the tier-2 bound)."""
     nan = np.isnan(reference)
     unconstrained = ~nan & ~np.isfinite(bound)
+    if statistical is not None:
+        unconstrained &= ~np.isfinite(statistical)
     inf = np.isinf(reference) & ~unconstrained
     return {"finite": ~nan & ~unconstrained & ~inf, "nan": nan, "inf": inf, "unconstrained": unconstrained}
 
@@ -220,12 +224,13 @@ def compare_output(name: str, actual: np.ndarray, reference: np.ndarray, toleran
     if problem:
         return OutputVerdict(name, int(reference.size), empty, dict(empty), math.inf, math.inf, problem=problem)
     a = actual.astype(np.float64)
-    classes = classify(reference, tolerance.bound)
+    classes = classify(reference, tolerance.bound, tolerance.statistical())
     ratio = bound_ratio(a, reference, tolerance.bound)
     statistical = bound_ratio(a, reference, tolerance.statistical())
     largest = float(np.finfo(dtype).max)
+    reach = np.where(np.isfinite(tolerance.bound), tolerance.bound, tolerance.statistical())
     with np.errstate(all="ignore"):
-        may_overflow = (np.abs(reference) + tolerance.bound >= largest) & (a == np.sign(reference) * np.inf)
+        may_overflow = (np.abs(reference) + reach >= largest) & (a == np.sign(reference) * np.inf)
     judged = classes["finite"] & ~may_overflow
     outside = {"worst-case": judged & (ratio > 1), "statistical": judged & (statistical > 1)}
     bad = {

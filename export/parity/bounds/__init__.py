@@ -5,10 +5,12 @@ products), ``elementwise``, ``reductions``. A family module registers its rules 
 
 from export.parity.bounds import (  # noqa: F401 - register rules
     arithmetic,
+    attention,
     batchnorm,
     conv,
     elementwise,
     linear,
+    norm,
     pool,
     reductions,
     views,

@@ -74,6 +74,9 @@ def _div(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) -> Bou
         room = mb - bb.error
         carried = torch.where(room > 0, (ba.error + out.abs() * bb.error) / room, math.inf)
         spread = quadrature(scaled(ba.spread, 1 / mb), scaled(bb.spread, out.abs() / mb), rounding_spread(mode, out.abs()))
+        reach = mode.reach(bb)  # where an honest divisor may reach 0, tier 2 has no bound either
+        if reach is not None:
+            spread = spread.masked_fill(reach >= mb, math.inf)
         inverse = torch.where(room > 0, 1 / room, math.inf)
         allowance = add_parts(scaled(ba.allowance, inverse), scaled(bb.allowance, out.abs() * inverse))
         local = add_parts(scaled(ba.local, 1 / mb**2), scaled(bb.local, (out / mb) ** 2))

@@ -89,6 +89,11 @@ KERNEL_SPREAD = 2.0
 TAIL = 5.0
 
 aten = torch.ops.aten
+# Norms with 1-d weights that are not elementwise: a row's statistics mix its values, so at an infinite
+# value every float evaluation gives NaN, and torch's float64 value at +-LARGE (its statistics
+# overflowing) is no limit of the function.
+ROW_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm, torch.nn.LocalResponseNorm,
+             torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d)
 
 
 class BoundError(ParityError, ValueError):
@@ -246,7 +251,8 @@ def _float64_copy(model: torch.nn.Module) -> torch.nn.Module:
 def _hooked(module: torch.nn.Module, name: str, mode: BoundMode, record: bool) -> Iterator[None]:
     """Keep the stack of modules running (an error names the caller), give a leaf activation its limits at
     +-inf, and record the module's output when asked (every module but the model itself, in the order they end)."""
-    elementwise = not list(module.children()) and all(p.dim() < 2 for p in module.parameters())
+    elementwise = (not list(module.children()) and all(p.dim() < 2 for p in module.parameters())
+                   and not isinstance(module, ROW_NORMS))
 
     def enter(mod: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
         mode.calls.append((name, type(mod).__name__))
@@ -315,20 +321,25 @@ class BoundMode(TorchDispatchMode):
 
     # -- bookkeeping
     def remember(self, tensor: torch.Tensor, bound: Bounded) -> None:
+        """Keep a value's tiers. Where it, or the terms of its sum, pass the dtype's range, neither tier bounds it
+        (float arithmetic may overflow there); where only the worst case has no bound (a variance that might
+        cancel to 0), tier 2 still judges it."""
         error = nan_to_inf(bound.error)
+        overflow = torch.isinf(error) & ~torch.isfinite(tensor) if tensor.is_floating_point() else None
         if tensor.is_floating_point():  # beyond the dtype's range any evaluation may overflow
             size = tensor.abs()
             beyond = (size > self.max) & (size < math.inf)
-            if bound.partial is not None:  # a partial sum may overflow in some order
+            overflow |= beyond
+            if bound.partial is not None:  # a partial sum may overflow in some order: of the worst case, of the terms
                 beyond |= bound.partial.terms > self.max
+                overflow |= bound.partial.terms - bound.partial.carried > self.max
             error = error.masked_fill(beyond, math.inf)
         bound.error = error
-        unbounded = None
         for part in ("spread", "allowance", "local"):
             value = getattr(bound, part)
             if value is not None:
-                unbounded = torch.isinf(error) if unbounded is None else unbounded
-                setattr(bound, part, nan_to_inf(value).masked_fill(unbounded, math.inf))
+                value = nan_to_inf(value)
+                setattr(bound, part, value if overflow is None else value.masked_fill(overflow, math.inf))
         self.known[id(tensor)] = (tensor, bound)  # the tensor held, so its id is never reused during the pass
 
     def held_bytes(self) -> int:

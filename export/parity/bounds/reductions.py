@@ -28,7 +28,8 @@ from export.parity.bounds.core import (
 
 @rule(aten._softmax, aten._log_softmax)
 def _softmax(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) -> Bounded:
-    """softmax: each p_i moves by p_i (e_i - sum_j p_j e_j); exp, the n-term sum and the division round."""
+    """softmax: each p_i moves by p_i (e_i - sum_j p_j e_j), and never out of [0, 1]; exp, the n-term sum and the
+    division round."""
     x, dim = args[0], args[1]
     bound = mode.bounded(x)
     soft = func.overloadpacket is aten._softmax
@@ -38,6 +39,7 @@ def _softmax(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) ->
         weighted = e + (p * e).sum(dim, keepdim=True)
         n = x.shape[dim]
         shifted = nan_to_inf((x - x.amax(dim, keepdim=True)).abs())  # its rounding moves exp(x - max) by u |x - max|
+        shifted = shifted.masked_fill(torch.isneginf(x) & (e == 0), 0.0)  # an exact -inf (a mask) weighs exactly 0
         # tier 2: e_i - sum_j p_j e_j with independent e: variances sigma_i^2 + sum_j p_j^2 sigma_j^2
         spread = None if bound.spread is None else \
             (bound.spread**2 + ((p * bound.spread) ** 2).sum(dim, keepdim=True)).sqrt()
@@ -47,7 +49,10 @@ def _softmax(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) ->
         if soft:
             ulps = KERNEL_ULPS + gamma(n, mode.unit) / mode.unit + 2 + shifted
             rounding = out * own + mode.tiny
-            return Bounded(out * weighted + mode.own(out * ulps), quadrature(scaled(spread, out), rounding),
+            # whatever its input's errors, a computed weight lies in [0, 1] but for the sum's and division's roundings
+            ceiling = torch.maximum(out, 1 - out) + mode.own(torch.ones_like(out), gamma(n, mode.unit) / mode.unit + 2)
+            error = torch.minimum(out * weighted + mode.own(out * ulps), ceiling)
+            return Bounded(error, quadrature(scaled(spread, out), rounding),
                            scaled(allowance, out), local=scaled(bound.local, out * out))
         log_sum = (out - x + x.amax(dim, keepdim=True)).abs()  # |log sum exp(x - max)|
         size = shifted + KERNEL_ULPS * log_sum + (n + KERNEL_ULPS) + out.abs()

@@ -15,10 +15,10 @@ from export.parity.bounds.core import Bounded, BoundMode, Partial, aten, flat, r
     aten.view, aten._unsafe_view, aten.reshape, aten.t, aten.permute, aten.transpose, aten.unsqueeze, aten.squeeze,
     aten.expand, aten.clone, aten.alias, aten.detach, aten.slice, aten.select, aten.narrow, aten.split,
     aten.split_with_sizes, aten.chunk, aten.unbind, aten.cat, aten.stack, aten.flatten, aten._to_copy, aten.contiguous,
-    aten.lift_fresh, aten.repeat, aten.im2col,
+    aten.lift_fresh, aten.repeat, aten.im2col, aten.embedding,
 )
 def _moves(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
-    """Views, copies and reshapes: both tiers (and an unrounded sum's parts) move with the values."""
+    """Views, copies, reshapes and lookups (embedding): both tiers (and an unrounded sum's parts) move with the values."""
     source = next((a for a in flat(args[0]) if isinstance(a, torch.Tensor)), None)
     single = isinstance(args[0], torch.Tensor)
     sources = [mode.bounded(v) for v in (flat(args[0]) if not single else [args[0]]) if isinstance(v, torch.Tensor)]
