@@ -190,7 +190,9 @@ def to_onnx(
     proto = _nan_kept(proto)
     proto = _computing_in_float64(proto) if compute == "float64" else _narrow(proto, dtype)
     _strip_machine_facts(proto)
-    _validate(proto, options, example.shape[0], [axis for axis in axes if axis])
+    free = [axis for axis in axes if axis]
+    _validate(proto, options, example.shape[0], free)
+    _runs_at_other_sizes(proto, example, free)
     _set_metadata(proto, model, options, example)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -476,6 +478,27 @@ def _validate(proto: onnx.ModelProto, options: ExportOptions, batch: int, free: 
     if fixed:
         raise ExportError(f"input axis {fixed[0]} was exported at the fixed size {dims[fixed[0]].dim_value}; the "
                           "model's forward must not depend on that axis's size (or do not export it as dynamic)")
+
+
+def _runs_at_other_sizes(proto: onnx.ModelProto, example: torch.Tensor, free: Sequence[int]) -> None:
+    """Refuse a graph that declares ``free`` input axes of any size but fails at another size (an exporter that
+    traced a size into a Reshape: torchscript does with nn.MultiheadAttention)."""
+    if not free:
+        return
+    import onnxruntime  # only the exports with a free axis beyond the batch run the graph once
+
+    shape = [size + 3 if axis in free else size for axis, size in enumerate(example.shape)]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(example.dtype).numpy()
+    try:
+        quiet = onnxruntime.SessionOptions()
+        quiet.log_severity_level = 4  # the failure is reported below, once
+        session = onnxruntime.InferenceSession(proto.SerializeToString(), quiet, providers=["CPUExecutionProvider"])
+        session.run(None, {proto.graph.input[0].name: x})
+    except Exception as error:  # onnxruntime raises its own exception types, with no public base class
+        first = str(error).splitlines()[0][:300]
+        raise ExportError(f"the exported graph declares input axes {list(free)} of any size but fails at shape "
+                          f"{shape} ({first}): the exporter fixed a size the model reads from its input; export "
+                          "with exporter='dynamo', or without those dynamic axes") from error
 
 
 def _check_signature(

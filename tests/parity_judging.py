@@ -42,9 +42,10 @@ class Judged:
     """One model, its exports, and check_parity's probes for each dtype."""
 
     def __init__(self, model: torch.nn.Module, example: torch.Tensor, root: pathlib.Path, *, budget: int = PROBE_ELEMENTS,
-                 **defaults: object) -> None:
-        """``defaults`` are export options every export of the model takes (``dynamic_axes``, ...)."""
-        self.model, self.example, self.root, self.budget = model.eval(), example, root, budget
+                 base: str = "torchscript", **defaults: object) -> None:
+        """``defaults`` are export options every export of the model takes (``dynamic_axes``, ...); ``base`` is the
+        exporter whose export check_parity runs on (the others are judged on its probes)."""
+        self.model, self.example, self.root, self.budget, self.base = model.eval(), example, root, budget, base
         self.defaults = defaults
         self.paths: dict[tuple, pathlib.Path] = {}
         self.checked: dict[str, tuple[ParityReport, ProbeSet]] = {}
@@ -60,19 +61,20 @@ class Judged:
         return self.paths[key]
 
     def check(self, dtype: str) -> tuple[ParityReport, ProbeSet]:
-        """check_parity of the torchscript export in ``dtype`` (once: ``parity_run``, which it raises from), with
+        """check_parity of the base exporter's export in ``dtype`` (once: ``parity_run``, which it raises from), with
         the probes it judged."""
         if dtype not in self.checked:
-            path = self.export("torchscript", dtype)
+            path = self.export(self.base, dtype)
             start = time.perf_counter()
             self.checked[dtype] = parity_run(self.model, path, budget=self.budget)
             self.seconds[dtype] = time.perf_counter() - start
         return self.checked[dtype]
 
     def report(self, exporter: str, dtype: str) -> ParityReport:
-        """What check_parity says of this exporter's export: its own run for torchscript, the same probes for dynamo."""
+        """What check_parity says of this exporter's export: its own run for the base exporter, the same probes for
+        the other."""
         report = self.check(dtype)[0]
-        if exporter == "torchscript":
+        if exporter == self.base:
             return report
         path = self.export(exporter, dtype)
         judged = ParityReport(str(path), dtype, report.probes, report.rows, report.batch_sizes)

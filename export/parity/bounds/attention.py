@@ -112,7 +112,10 @@ def _scale_rounded(mode: BoundMode, scores: torch.Tensor, scale: float) -> None:
     with mode.pause():
         shift = SCALE_ULPS * mode.unit * scores.abs()
         if bound.partial is not None:
-            shift = shift.masked_fill(bound.partial.terms / min(scale, 1.0) > mode.max, math.inf)
+            overflow = bound.partial.terms / min(scale, 1.0) > mode.max  # then no tier bounds the score
+            shift = shift.masked_fill(overflow, math.inf)
+            if bound.spread is not None:
+                bound.spread = bound.spread.masked_fill(overflow, math.inf)
             bound.partial.carried = bound.partial.carried + shift  # the mask may still join the sum as a term
             bound.partial.terms = bound.partial.terms + shift
         bound.error = bound.error + shift

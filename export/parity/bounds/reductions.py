@@ -51,6 +51,8 @@ def _softmax(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) ->
             rounding = out * own + mode.tiny
             # whatever its input's errors, a computed weight lies in [0, 1] but for the sum's and division's roundings
             ceiling = torch.maximum(out, 1 - out) + mode.own(torch.ones_like(out), gamma(n, mode.unit) / mode.unit + 2)
+            if bound.spread is not None:  # but a row with a score that may overflow may be NaN (inf - inf)
+                ceiling = ceiling.masked_fill(torch.isinf(bound.spread).any(dim, keepdim=True), math.inf)
             error = torch.minimum(out * weighted + mode.own(out * ulps), ceiling)
             return Bounded(error, quadrature(scaled(spread, out), rounding),
                            scaled(allowance, out), local=scaled(bound.local, out * out))
@@ -81,8 +83,10 @@ def divided(mode: BoundMode, total: Bounded, out: torch.Tensor, divisor: Any) ->
     """Both tiers of ``out`` = a sum (``total``, with its partial) / ``divisor``: the division rounds (at random); a
     runtime that multiplies by 1 / divisor rounded it once (the same everywhere). The sum may overflow on the way.
     Call it inside ``mode.pause()``."""
-    size = out.abs()
-    error = (total.error / divisor + mode.own(size, 2.0)).masked_fill(total.partial.terms > mode.max, math.inf)
-    return Bounded(error, quadrature(total.spread / divisor, rounding_spread(mode, size)),
-                   add_parts(scaled(total.allowance, 1 / divisor), mode.unit * size), local=total.local / divisor**2)
+    size, terms = out.abs(), total.partial.terms
+    error = (total.error / divisor + mode.own(size, 2.0)).masked_fill(terms > mode.max, math.inf)
+    overflow = terms - total.partial.carried > mode.max  # the sum itself may overflow: no tier bounds it
+    spread = quadrature(total.spread / divisor, rounding_spread(mode, size)).masked_fill(overflow, math.inf)
+    return Bounded(error, spread, add_parts(scaled(total.allowance, 1 / divisor), mode.unit * size),
+                   local=total.local / divisor**2)
 
