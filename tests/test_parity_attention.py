@@ -57,9 +57,10 @@ SMALL = {"float32": 1e-3, "float16": 3e-2}
 # (layer norm decomposed, which onnxruntime fuses back at EXTENDED and ALL) and 18, dynamo at its lowest.
 VARIANTS = [("torchscript", {"opset": 16}), ("torchscript", {"opset": 18}), ("dynamo", {})]
 THREADS = (1, 2)
-# Known gap: in the two-layer float16 stack both tiers reach infinity on a few ordinary rows, and its tier-2
-# allowance (the attention scale's rounding, amplified by each layer norm) hides the float16 mutants.
-LOOSE = {("encoder_stack", "float16")}
+# Known gap: in the two-layer float16 stack these mutants (3e-2, about 60 u) move the output by less than eight
+# spreads of honest float16 rounding (at 0.09 to 1.0 of them with no allowance at all; the scale's rounding,
+# carried through |W| and each layer norm's |J|, takes the rest): only a larger change shows there.
+BELOW_FLOOR = {"float16": {"layer norm eps", "attention scale", "one score shifted", "one key weight"}}
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +96,7 @@ def test_plain_models_pass_check_parity(judged, name, exporter, dtype):
         return
     report = judged[name].report(exporter, dtype)
     assert report.ok, report.explain()
-    unjudged = unconstrained_ordinary_rows(judged[name].check(dtype)[1])
-    if (name, dtype) in LOOSE:
-        pytest.xfail(f"{name} in {dtype}: ordinary rows without a finite tier: {unjudged[:3]}")
-    assert not unjudged
+    assert not unconstrained_ordinary_rows(judged[name].check(dtype)[1])
 
 
 def test_dynamic_sequence_length_is_probed_at_other_lengths(judged):
@@ -134,12 +132,14 @@ def _mutants(dtype: str) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("dtype", ["float32", pytest.param("float16", marks=pytest.mark.xfail(
-    strict=True, reason="the float16 stack's allowance hides these mutants (LOOSE)"))])
-def test_mutants_fail(judged, dtype):
-    model = judged["encoder_stack"]
-    survivors = [name for name, edit in _mutants(dtype).items() if passed(model.mutant(edit, dtype))]
-    assert not survivors, f"mutants judged honest in {dtype}: {survivors}"
+MUTANTS = [pytest.param(dtype, name, marks=[pytest.mark.xfail(strict=True, reason="below the float16 floor")]
+                         if name in BELOW_FLOOR.get(dtype, ()) else [], id=f"{dtype}-{name}")
+           for dtype in DTYPES for name in _mutants(dtype)]
+
+
+@pytest.mark.parametrize(("dtype", "mutant"), MUTANTS)
+def test_mutants_fail(judged, dtype, mutant):
+    assert not passed(judged["encoder_stack"].mutant(_mutants(dtype)[mutant], dtype)), f"{mutant} judged honest"
 
 
 def test_a_failing_layer_norm_names_its_module(judged, tmp_path):
@@ -148,7 +148,9 @@ def test_a_failing_layer_norm_names_its_module(judged, tmp_path):
     scaled_initializer("layers.0.norm1.weight", 1 + SMALL["float32"])(proto)
     path = tmp_path / "mutant.onnx"
     onnx.save(proto, str(path))
-    with pytest.raises(ParityError, match=r"layers\.0\.norm1"):
+    # the export holds the norms' equal weights (all ones) once, so the edit scales every norm's: on the worst row,
+    # where layers.0.norm1's output is subnormal (a probe at scale 1e-39), layers.0.norm2 is the first to show it
+    with pytest.raises(ParityError, match=r"layers\.0\.norm[12]"):
         check_parity(model.model, path, budget=2**12)
 
 

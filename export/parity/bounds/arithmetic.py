@@ -58,7 +58,7 @@ def _mul(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) -> Bou
         ma, mb = magnitude(a), magnitude(b)
         carried = ba.error * mb + ma * bb.error + ba.error * bb.error
         spread = quadrature(scaled(ba.spread, mb), scaled(bb.spread, ma), rounding_spread(mode, out.abs()))
-        allowance = add_parts(scaled(ba.allowance, mb + bb.error), scaled(bb.allowance, ma))
+        allowance = add_parts(scaled(ba.allowance, mb + mode.stray(bb)), scaled(bb.allowance, ma))
         local = add_parts(scaled(ba.local, mb * mb), scaled(bb.local, ma * ma))
         return Bounded(carried + mode.own(out.abs() + carried, SCALAR_ULPS), spread, allowance, local=local)
 

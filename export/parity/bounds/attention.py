@@ -5,8 +5,13 @@ or ``_scaled_dot_product_attention_math``), which no exporter keeps: both lower 
 q sqrt(s) (k sqrt(s))^T + mask, Softmax, MatMul with v (opset 23 may keep it whole as ONNX
 Attention, which scales the product once). The rule runs those ops through the pass, so the
 matrix products, the softmax and the mask addition are judged by their own rules, and adds the
-scale as a constant a runtime rounds (s, sqrt(s) or 1 / sqrt(E) in the dtype: a relative error of
-``SCALE_ULPS`` u on every score, the same for all of them, so an allowance).
+scale as a constant a runtime rounds: the same relative error on every score. Tier 1 takes at most
+``SCALE_ULPS`` u of it, whatever the way. The allowance takes what the exact errors of the ways the exporters
+form it (``scale_errors``: s, or 1 / sqrt(E), its root and its reciprocal each rounded to float32, to the dtype
+or to both in turn, held once, or as sqrt(s) applied to q and to k, whose product is the square of one rounded
+constant) move the weights and the output, computed in float64 (``_scale_effect``): for E = 4 in float16, a
+scale 0.44 u low (sqrt(0.5) held as 0.70703125) moves y by 0.44 u of sum_j p_j (s_j - mean_p s) v_j, where
+SCALE_ULPS u of |s| through the softmax's and the product's worst case took up to 4 u of sum_j p_j |s_j| |v_j|.
 
 Masks: a boolean mask arrives as an additive one (0 where kept, -inf where masked), ``is_causal``
 keeps key j <= query i. A masked score is exactly -inf and its weight exactly 0. A query that may
@@ -16,12 +21,14 @@ NaN, so the export would not compute torch's function.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
-from export.parity.bounds.core import Bounded, BoundError, BoundMode, aten, rule
+from export.parity.bounds.core import Bounded, BoundError, BoundMode, aten, nan_to_inf, rule
 
 # The scale s = 1 / sqrt(E) (or the one given) as a runtime holds it: 1 / sqrt(E) rounds twice, sqrt(s)
 # once more and each of the two factors sqrt(s) once: at most this many u of every score, the same sign.
@@ -54,12 +61,14 @@ def _attention(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) 
     k3 = _call(mode, aten.reshape.default, _call(mode, aten.mul.Tensor, k, root), (-1, keys, k.shape[-1]))
     scores = _call(mode, aten.bmm.default, q3, _call(mode, aten.transpose.int, k3, 1, 2))
     _scale_rounded(mode, scores, scale)
+    raw, keep = scores, keep.reshape(scores.shape)
     if mask is not None:
-        scores = _call(mode, aten.add.Tensor, scores, _call(mode, aten.reshape.default, mask, scores.shape))
-    scores = _masked(mode, scores, keep.reshape(scores.shape))
-    weights = _call(mode, aten._softmax.default, scores, -1, False)
+        mask = _call(mode, aten.reshape.default, mask, scores.shape)
+        scores = _call(mode, aten.add.Tensor, scores, mask)
+    weights = _call(mode, aten._softmax.default, _masked(mode, scores, keep), -1, False)
     v3 = _call(mode, aten.reshape.default, v, (-1, keys, v.shape[-1]))
     y = _call(mode, aten.bmm.default, weights, v3)
+    _scale_effect(mode, (raw, mask, keep, v3), (weights, y), scale_errors(given.get("scale"), q.shape[-1], mode.narrow))
     results = [_plain(mode.bounded(y), out[0].shape)]
     if func.overloadpacket is aten._scaled_dot_product_attention_math:
         return [*results, _plain(mode.bounded(weights), out[1].shape)]
@@ -104,25 +113,68 @@ def _mask(mode: BoundMode, mask: torch.Tensor | None, causal: bool,
     return keep & ~masked.expand(shape), finite
 
 
+@functools.cache
+def scale_errors(given: float | None, width: int, dtype: np.dtype) -> tuple[float, ...]:
+    """The relative errors of the scale as the exporters form it: ``given`` (or 1 / sqrt(``width``), the root and
+    the reciprocal each rounded or folded unrounded), held in ``dtype`` or float32 once, or as sqrt(s) on q and on
+    k (the square of one held constant); the nonzero ones, each once."""
+    exact = float(given) if given is not None else 1 / math.sqrt(width)
+    if given is not None:
+        formed = _formed(exact, dtype)
+    else:
+        formed = {s for root in _formed(math.sqrt(width), dtype) for s in _formed(1 / root, dtype)}
+    held = {h for s in formed for h in _held(s, dtype)}
+    roots = {r for s in formed for r in _held(math.sqrt(s), dtype)}
+    return tuple(sorted({a / exact - 1 for a in {*held, *(r * r for r in roots)}} - {0.0}))
+
+
+def _held(value: float, dtype: np.dtype) -> set[float]:
+    """``value`` as a graph holds a constant: in float32, in ``dtype``, or in float32 then ``dtype``."""
+    single = float(np.float32(value))
+    return {single, float(dtype.type(value)), float(dtype.type(single))}
+
+
+def _formed(value: float, dtype: np.dtype) -> set[float]:
+    """A step on the way to the scale: held, or folded unrounded (in float64)."""
+    return {value, *_held(value, dtype)}
+
+
 def _scale_rounded(mode: BoundMode, scores: torch.Tensor, scale: float) -> None:
-    """The scale as a runtime rounds it, the same relative error on every score (tier 1 and the allowance); and
-    the product unscaled, q k^T, which a runtime may form first (torch's kernel, onnxruntime's FusedMatMul):
-    where its terms pass the dtype's range, it may overflow."""
+    """The scale as any runtime rounds it, the same relative error of at most SCALE_ULPS u on every score (tier 1;
+    tier 2 takes its exact effect, ``_scale_effect``); and the product unscaled, q k^T, which a runtime may form
+    first (torch's kernel, onnxruntime's FusedMatMul): where its terms pass the dtype's range, it may overflow."""
     bound = mode.bounded(scores)
     with mode.pause():
         shift = SCALE_ULPS * mode.unit * scores.abs()
         if bound.partial is not None:
-            overflow = bound.partial.terms / min(scale, 1.0) > mode.max  # then no tier bounds the score
-            shift = shift.masked_fill(overflow, math.inf)
+            # where the worst case may overflow, tier 1 has no bound; where the values' own terms may, neither tier
+            shift = shift.masked_fill(bound.partial.terms / min(scale, 1.0) > mode.max, math.inf)
+            overflow = (bound.partial.terms - bound.partial.carried) / min(scale, 1.0) > mode.max
+            bound.allowance = torch.zeros_like(scores).masked_fill(overflow, math.inf) if bound.allowance is None \
+                else bound.allowance.masked_fill(overflow, math.inf)
             if bound.spread is not None:
                 bound.spread = bound.spread.masked_fill(overflow, math.inf)
             bound.partial.carried = bound.partial.carried + shift  # the mask may still join the sum as a term
             bound.partial.terms = bound.partial.terms + shift
         bound.error = bound.error + shift
-        bound.allowance = shift if bound.allowance is None else bound.allowance + shift
     mode.remember(scores, bound)
 
 
+def _scale_effect(mode: BoundMode, given: tuple, results: tuple[torch.Tensor, torch.Tensor],
+                  errors: tuple[float, ...]) -> None:
+    """Add to the allowance of the weights and the output what each rounded scale moves them by, computed: the
+    scores (q k^T s, the ``mask`` added, -inf where not ``keep``) with s (1 + error) through softmax and v."""
+    raw, mask, keep, v = given
+    weights, y = results
+    with mode.pause():
+        moved = [torch.zeros_like(weights), torch.zeros_like(y)]
+        for error in errors:
+            scores = raw * (1 + error) if mask is None else raw * (1 + error) + mask
+            p = torch.softmax(scores.masked_fill(~keep, -math.inf), -1)
+            moved = [torch.maximum(m, nan_to_inf((new - old).abs())) for m, new, old in zip(moved, (p, p @ v), results)]
+        for value, change in zip(results, moved):
+            bound = mode.bounded(value)
+            bound.allowance = change if bound.allowance is None else bound.allowance + change
 def _masked(mode: BoundMode, scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """-inf where masked, the score elsewhere. A masked score is exact, unless the score itself may overflow:
     a runtime adds the mask to it, and +inf - inf is NaN."""

@@ -377,6 +377,12 @@ class BoundMode(TorchDispatchMode):
             return None
         return add_parts(scaled(bound.judged(), SPREADS), bound.allowance)
 
+    def stray(self, bound: Bounded) -> torch.Tensor | float:
+        """How far an honest evaluation of a value may stray (its tier-2 reach, 0 where exact in tier 2): what an
+        allowance's product with that value carries, where the worst case carries the tier-1 error."""
+        reach = self.reach(bound)
+        return 0.0 if reach is None else reach
+
     @contextlib.contextmanager
     def pause(self) -> Iterator[None]:
         self.paused = True

@@ -192,7 +192,7 @@ def _glu(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) -> Bou
             spread = quadrature(s * sa, a.abs() * slope * sb)
         if bound.allowance is not None:
             aa, ab = bound.allowance.chunk(2, dim)
-            allowance = s * aa + (a.abs() + ea) * slope * ab
+            allowance = s * aa + (a.abs() + mode.stray(bound).chunk(2, dim)[0]) * slope * ab
         if bound.local is not None:
             la, lb = bound.local.chunk(2, dim)
             local = s * s * la + (a * slope) ** 2 * lb

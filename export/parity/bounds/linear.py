@@ -64,7 +64,7 @@ def products(mode: BoundMode, func: Any, a: torch.Tensor, b: torch.Tensor, out: 
             None if ba.spread is None or bb.spread is None else func(ba.spread ** 2, bb.spread ** 2),
         )
         allowance = add_parts(
-            None if ba.allowance is None else func(ba.allowance, size_b + eb),
+            None if ba.allowance is None else func(ba.allowance, size_b + mode.stray(bb)),
             None if bb.allowance is None else func(size_a, bb.allowance),
         )
     return Partial(terms, count, carried, squares, torch.zeros_like(out) if variance is None else variance,
