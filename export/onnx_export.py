@@ -233,7 +233,7 @@ def _nan_kept(proto: onnx.ModelProto) -> onnx.ModelProto:
         return proto
     from export.passes import propagate_nan  # onnx_ir loads only for the exports that need a pass
 
-    return propagate_nan(proto)
+    return propagate_nan(proto, NAN_DROPPING_OPS)
 
 
 def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:

@@ -19,8 +19,6 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from export.onnx_export import NAN_DROPPING_OPS
-
 _F16, _F32, _F64 = ir.DataType.FLOAT16, ir.DataType.FLOAT, ir.DataType.DOUBLE
 _NARROW = (_F16, _F32)
 _FLOATS = (_F16, _F32, _F64)
@@ -43,9 +41,10 @@ def compute_in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     return _run(model, common.InlinePass(), _infer_types(), ComputeInFloat64Pass())
 
 
-def propagate_nan(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with every max over windows or axes NaN where its window holds a NaN (see PropagateNaNPass)."""
-    return _run(model, _infer_types(), PropagateNaNPass())
+def propagate_nan(model: onnx.ModelProto, op_types: frozenset[str]) -> onnx.ModelProto:
+    """``model`` with every max over windows or axes (nodes of ``op_types``) NaN where its window holds a NaN
+    (see PropagateNaNPass)."""
+    return _run(model, _infer_types(), PropagateNaNPass(op_types))
 
 
 def _infer_types() -> ir.passes.PassBase:
@@ -152,9 +151,13 @@ class PropagateNaNPass(ir.passes.InPlacePass):
     and scope, so a failure inside still names its module. Needs value types (run shape inference first).
     """
 
+    def __init__(self, op_types: frozenset[str]) -> None:
+        super().__init__()
+        self.op_types = op_types
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        maxima = [node for node in graph if node.op_type in NAN_DROPPING_OPS and node.domain in ("", "ai.onnx")]
+        maxima = [node for node in graph if node.op_type in self.op_types and node.domain in ("", "ai.onnx")]
         for node in maxima:
             graph.insert_after(node, _nan_where_found(node))
         return ir.passes.PassResult(model, modified=bool(maxima))

@@ -45,6 +45,7 @@ INSTALL_LINES = {
     "pip install 'zoo-onnx[openvino]'": "resolve",
     "pip install 'zoo-onnx[tract]'": "resolve",
     "pip install 'zoo-onnx[dask]'": "resolve",
+    "pip install 'zoo-onnx[digits]'": "resolve",
     "pip install ./examples/zoo-example-plugin": "install",
     "pip install ./export/runtime": "install",
 }

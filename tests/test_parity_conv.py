@@ -30,6 +30,7 @@ from torch import nn
 
 import zoo
 from export import ExportError, check_parity, to_onnx
+from export.onnx_export import NAN_DROPPING_OPS
 from export.parity import ParityReport, ProbeSet, judge, parity_run
 from export.parity.bounds import BoundError, bounded_run
 from export.passes import propagate_nan
@@ -149,7 +150,7 @@ class Case:
         if not path.exists():
             program = torch.onnx.export(self.model, (self.example,), dynamo=True, optimize=False,
                                         dynamic_shapes=({0: torch.export.Dim("batch")},))
-            onnx.save(propagate_nan(program.model_proto), str(path))  # NaN through MaxPool as in our exports
+            onnx.save(propagate_nan(program.model_proto, NAN_DROPPING_OPS), str(path))  # NaN through MaxPool as in our exports
         return path
 
     def check(self, dtype: str) -> tuple[ParityReport, ProbeSet, float]:
