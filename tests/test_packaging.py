@@ -38,14 +38,15 @@ READMES = [ROOT / "README.md", EXAMPLE / "README.md"]
 PIP_LINE = re.compile(r"^pip install [^`#\n]*", re.MULTILINE)
 
 # Every `pip install` line of the READMEs -> how it is checked: "resolve" runs it with --dry-run,
-# "install" runs it for real (test_example_plugin_* and test_zoo_onnx_runtime_*).
+# "install" runs it for real (test_example_plugin_* and test_zoo_onnx_runtime_*), "declared" checks that the
+# extra is zoo-onnx's and requires something (scikit-learn is in no test venv: tests/test_datasets.py skips then).
 INSTALL_LINES = {
     "pip install -c constraints.txt -e .": "resolve",
     "pip install -c constraints.txt -e '.[openvino]'": "resolve",
     "pip install 'zoo-onnx[openvino]'": "resolve",
     "pip install 'zoo-onnx[tract]'": "resolve",
     "pip install 'zoo-onnx[dask]'": "resolve",
-    "pip install 'zoo-onnx[digits]'": "resolve",
+    "pip install 'zoo-onnx[digits]'": "declared",
     "pip install ./examples/zoo-example-plugin": "install",
     "pip install ./export/runtime": "install",
 }
@@ -168,6 +169,12 @@ def test_an_install_line_resolves_to_this_project(project_venv: Path, tmp_path: 
             assert wanted.extras <= set(item["metadata"].get("provides_extra", [])), item["metadata"]
         else:  # an extra's requirement that the project venv lacks
             assert name in extra_requirements(wanted.extras), f"{line} installs {item['download_info']['url']}"
+
+
+@pytest.mark.parametrize("line", [line for line, how in INSTALL_LINES.items() if how == "declared"])
+def test_a_declared_extra_is_this_projects(line: str) -> None:
+    wanted = Requirement(shlex.split(line)[-1])
+    assert canonicalize_name(wanted.name) == zoo.DISTRIBUTION and extra_requirements(wanted.extras), line
 
 
 def extra_requirements(extras: set[str]) -> set[str]:
