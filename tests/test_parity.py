@@ -52,9 +52,10 @@ def test_linear_layer_parity(tmp_path: Path, case: matrix.Case) -> None:
 
 @pytest.mark.parametrize("case", NETWORK_CASES, ids=matrix.Case.label)
 def test_network_parity(tmp_path: Path, case: matrix.Case) -> None:
-    """Convolution, norms, pooling, residual and attention networks pass, each under one exporter, opset, dtype."""
+    """Convolution, norms, pooling, residual and attention networks pass, each under one exporter, opset, dtype
+    (on a smaller budget: every probe value still appears)."""
     model, path = export_case(case, tmp_path)
-    check_parity(model, path, explain=False)
+    check_parity(model, path, explain=False, budget=2**14)
 
 
 def test_every_activation_and_layer_is_covered() -> None:

@@ -34,8 +34,6 @@ from parity_models import LENGTH, WIDTH, seeded
 from export import ExportError, ParityError, check_parity, to_onnx
 from export.parity.bounds import BoundError
 
-pytestmark = pytest.mark.parity
-
 DTYPES = ("float32", "float16")
 EXPORTERS = ("torchscript", "dynamo")
 SEQUENCE = (LENGTH, WIDTH)
