@@ -177,12 +177,31 @@ def _statistical(mode: BoundMode, x: torch.Tensor, given: Bounded, scale: torch.
     if given.local is not None:
         local = (bend * r * scale * (1 - 1 / n - through)) ** 2 * given.local.reshape(x.shape)
     spread = (add_parts(carried, shared, own)).sqrt() + mode.tiny
-    allowance = slope_var * _rounded(eps, mode)
+    allowance = slope_var * _rounded(eps, mode) + _repeated_rows(mode, x, d, slope_mean, slope_var)
     if given.allowance is not None:
         a = given.allowance.reshape(x.shape)
         allowance = allowance + bend * slope_mean * (a + a.mean(1, keepdim=True)
                                                      + z.abs() * (z.abs() * a).mean(1, keepdim=True))
     return spread, add_parts(local, shared), allowance
+
+
+def _repeated_rows(mode: BoundMode, x: torch.Tensor, d: torch.Tensor, slope_mean: torch.Tensor,
+                   slope_var: torch.Tensor) -> torch.Tensor:
+    """The statistics' own rounding where a row repeats its values: their worst case, as an allowance.
+
+    Independent roundings need varied terms. Where most terms of a row repeat (a constant or periodic image
+    after a convolution), a runtime's partial sums add the same terms in the same pattern (onnxruntime's
+    InstanceNormalization, per SIMD lane), so their roundings align and add up like the worst case; the
+    normalisation (1 / sqrt(var + eps), large where such a row hardly varies) then carries that to y.
+    """
+    n, unit = x.shape[1], mode.unit
+    ordered = x.sort(1).values
+    distinct = (ordered[:, 1:] != ordered[:, :-1]).sum(1, keepdim=True) + 1
+    size = x.abs().mean(1, keepdim=True)
+    mean_worst = gamma(n + 1, unit) * size
+    var_worst = torch.maximum(gamma(n + 4, unit) * (d * d).mean(1, keepdim=True) + mean_worst**2,
+                              2 * gamma(n + 4, ONE_PASS_UNIT) * ((x * x).mean(1, keepdim=True) + size * size))
+    return torch.where(2 * distinct <= n, slope_mean * mean_worst + slope_var * var_worst, 0.0)
 
 
 def _bend(mode: BoundMode, given: Bounded, d: torch.Tensor, var: torch.Tensor, r: torch.Tensor,
