@@ -240,8 +240,15 @@ def test_ctrl_c_writes_the_report_of_the_finished_rows(tmp_path: Path) -> None:
     out = tmp_path / "zoo-out"
     only = ["linreg-linear", "mlp-*"]  # a minute of rows left after the first
     args = [*(a for pattern in only for a in ("--only", pattern)), "--jobs", "1"]
-    process = subprocess.Popen([sys.executable, "-m", "zoo", "run", "-o", str(out), *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    # Ctrl-C as a terminal sends it, to a command that handles SIGINT: a suite run in the background of a
+    # non-interactive shell has SIGINT ignored (bash does that), and an ignored signal stays ignored across
+    # exec, where a handled one is reset to its default action
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "zoo", "run", "-o", str(out), *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 240
     while not (out / "models" / "linreg-linear" / "manifest.json").exists():
         assert process.poll() is None and time.monotonic() < deadline, "no bundle before the deadline"
