@@ -67,14 +67,20 @@ class Variant:
 # ---------------------------------------------------------------------------- runners
 
 
-def onnx_runner(model: onnx.ModelProto | str | Path, *, level: str = "all", threads: int = 0) -> Run:
-    """onnxruntime's CPU provider at an optimisation level and thread count (0: its default)."""
+def ort_session(model: onnx.ModelProto | str | Path, *, level: str = "all",
+                threads: int = 0) -> onnxruntime.InferenceSession:
+    """onnxruntime's CPU provider at an optimisation level (LEVELS) and thread count (0: its default)."""
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = LEVELS[level]
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(model: onnx.ModelProto | str | Path, *, level: str = "all", threads: int = 0) -> Run:
+    """The first output of ``ort_session(model, level, threads)``, run in chunks of rows."""
+    session = ort_session(model, level=level, threads=threads)
     name = session.get_inputs()[0].name
     return lambda x: _chunked(lambda part: session.run(None, {name: part})[0], x)
 

@@ -8,17 +8,16 @@ probes, exactly as check_parity judges its own onnxruntime run.
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import time
 from collections.abc import Callable
 
 import numpy as np
 import onnx
-import onnxruntime
 import torch
 from onnx import helper, numpy_helper
 
+from bench.variants import initializer, ort_session
 from export import to_onnx
 from export.parity import judge
 from export.parity.check import ParityReport, ProbeSet, parity_run
@@ -27,15 +26,6 @@ from export.runtime.compare import OutputVerdict, compare_output
 
 Run = Callable[[np.ndarray], list[np.ndarray]]
 Edit = Callable[[onnx.ModelProto], None]
-LEVELS = {
-    "disable_all": onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-# Rows OpenVINO and tract are judged on (as bench/variants.py): they have their own NaN semantics.
-RUNTIME_RANGE = 1e30
-OTHER_RUNTIMES = [name for name in ("openvino", "tract") if importlib.util.find_spec(name) is not None]
 
 
 class Judged:
@@ -130,46 +120,21 @@ def describe(verdicts: list[OutputVerdict]) -> str:
 
 
 def onnxruntime_run(model: onnx.ModelProto | pathlib.Path, level: str = "all", threads: int = 0) -> Run:
-    """onnxruntime's CPU provider at an optimisation level and thread count (0: its default)."""
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = LEVELS[level]
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    """Every output of onnxruntime's CPU provider at an optimisation level and thread count (0: its default)."""
+    session = ort_session(model, level=level, threads=threads)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})
 
 
-def runtime_run(runtime: str, path: pathlib.Path) -> Run:
-    """OpenVINO or tract (export.runtime.backends) on the model file."""
-    from export.runtime.backends import load_runner
-
-    return load_runner(runtime, path)
 
 
-def runtime_rows(x: np.ndarray) -> np.ndarray:
-    """Rows where OpenVINO and tract compute the function: no NaN, below RUNTIME_RANGE."""
-    flat = x.reshape(len(x), -1)
-    return ~np.isnan(flat).any(1) & (np.abs(np.nan_to_num(flat, posinf=np.inf)) < RUNTIME_RANGE).all(1)
 
 
 # ---------------------------------------------------------------------------- graph edits (mutants)
 
 
-def initializer(proto: onnx.ModelProto, name: str) -> onnx.TensorProto:
-    return next(i for i in proto.graph.initializer if i.name == name)
 
 
-def scaled_weight(name: str, factor: float) -> Edit:
-    """Multiply the largest element of initializer ``name`` by ``factor``."""
-    def edit(proto: onnx.ModelProto) -> None:
-        tensor = initializer(proto, name)
-        array = numpy_helper.to_array(tensor)
-        wide = array.astype(np.float64)
-        wide[np.unravel_index(np.argmax(np.abs(wide)), wide.shape)] *= factor
-        tensor.CopyFrom(numpy_helper.from_array(wide.astype(array.dtype), name))
-    return edit
 
 
 def scaled_element(shape: tuple[int, ...], columns: slice, factor: float) -> Edit:
@@ -186,13 +151,6 @@ def scaled_element(shape: tuple[int, ...], columns: slice, factor: float) -> Edi
     return edit
 
 
-def scaled_initializer(name: str, factor: float) -> Edit:
-    """Multiply all of initializer ``name`` (a norm's scale) by ``factor``."""
-    def edit(proto: onnx.ModelProto) -> None:
-        tensor = initializer(proto, name)
-        array = numpy_helper.to_array(tensor)
-        tensor.CopyFrom(numpy_helper.from_array((array.astype(np.float64) * factor).astype(array.dtype), name))
-    return edit
 
 
 def scaled_attribute(op_type: str, attribute: str, factor: float) -> Edit:
@@ -208,32 +166,28 @@ def scaled_attribute(op_type: str, attribute: str, factor: float) -> Edit:
 
 def scaled_input(op_type: str, index: int, factor: float) -> Edit:
     """Multiply what feeds input ``index`` of every ``op_type`` node by ``factor``: a Mul node in between."""
-    def edit(proto: onnx.ModelProto) -> None:
-        nodes = [n for n in proto.graph.node if n.op_type == op_type]
-        assert nodes, f"no {op_type} node"
-        dtype = _value_dtype(proto, nodes[0].input[index])
-        for k, node in enumerate(nodes):
-            source, scaled, constant = node.input[index], f"mutant_scaled_{k}", f"mutant_factor_{k}"
-            proto.graph.initializer.append(numpy_helper.from_array(np.array(factor, dtype), constant))
-            position = list(proto.graph.node).index(node)
-            proto.graph.node.insert(position, helper.make_node("Mul", [source, constant], [scaled]))
-            node.input[index] = scaled
-    return edit
+    return _interposed(op_type, index, "Mul", factor, "scaled")
 
 
 def shifted_input(op_type: str, index: int, offsets: list[float]) -> Edit:
     """Add ``offsets`` (along the last axis) to what feeds input ``index`` of every ``op_type`` node: an Add node
     in between (a softmax's scores, one key favoured)."""
+    return _interposed(op_type, index, "Add", offsets, "shifted")
+
+
+def _interposed(op_type: str, index: int, op: str, constant: float | list[float], tag: str) -> Edit:
+    """Put ``op`` with ``constant`` (in the input's dtype) between input ``index`` of every ``op_type`` node and
+    what feeds it."""
     def edit(proto: onnx.ModelProto) -> None:
         nodes = [n for n in proto.graph.node if n.op_type == op_type]
         assert nodes, f"no {op_type} node"
         dtype = _value_dtype(proto, nodes[0].input[index])
         for k, node in enumerate(nodes):
-            source, shifted, constant = node.input[index], f"mutant_shifted_{k}", f"mutant_offsets_{k}"
-            proto.graph.initializer.append(numpy_helper.from_array(np.array(offsets, dtype), constant))
+            source, changed, name = node.input[index], f"mutant_{tag}_{k}", f"mutant_{tag}_constant_{k}"
+            proto.graph.initializer.append(numpy_helper.from_array(np.array(constant, dtype), name))
             position = list(proto.graph.node).index(node)
-            proto.graph.node.insert(position, helper.make_node("Add", [source, constant], [shifted]))
-            node.input[index] = shifted
+            proto.graph.node.insert(position, helper.make_node(op, [source, name], [changed]))
+            node.input[index] = changed
     return edit
 
 

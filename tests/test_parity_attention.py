@@ -17,20 +17,19 @@ import parity_models
 import pytest
 import torch
 from parity_judging import (
-    LEVELS,
     Judged,
     describe,
     onnxruntime_run,
     passed,
     scaled_attribute,
     scaled_element,
-    scaled_initializer,
     scaled_input,
     shifted_input,
     unconstrained_ordinary_rows,
 )
 from parity_models import LENGTH, WIDTH, seeded
 
+from bench.variants import LEVELS, scaled_initializer
 from export import ExportError, ParityError, check_parity, to_onnx
 from export.parity.bounds import BoundError
 

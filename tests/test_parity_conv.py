@@ -22,13 +22,13 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
 import zoo
+from bench.variants import LEVELS, initializer, ort_session, runtime_rows
 from export import ExportError, check_parity, to_onnx
 from export.onnx_export import NAN_DROPPING_OPS
 from export.parity import ParityReport, ProbeSet, judge, parity_run
@@ -37,15 +37,7 @@ from export.passes import propagate_nan
 from export.runtime.backends import load_runner
 
 Edit = Callable[[onnx.ModelProto], None]
-LEVELS = {
-    "disable_all": onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 HIGHEST = {"torchscript": 20, "dynamo": 23}
-# Rows OpenVINO and tract are judged on: they have their own NaN semantics and overflow near the range's end.
-RUNTIME_RANGE = 1e30
 # Probe input elements per check: every probe value still appears (export.parity.probes), in a few seconds.
 BUDGET = 2**14
 # Models a runtime computes another function for, and why (the verdict catches it: test_runtime_divisor_differs).
@@ -183,17 +175,10 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> Cases:
 # ---------------------------------------------------------------------------- running and judging
 
 
-def session(model: onnx.ModelProto | pathlib.Path, level: str = "all", threads: int = 0) -> onnxruntime.InferenceSession:
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = LEVELS[level]
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def run(model: onnx.ModelProto | pathlib.Path, x: np.ndarray, **options: object) -> np.ndarray:
-    chosen = session(model, **options)
+    chosen = ort_session(model, **options)
     return chosen.run(None, {chosen.get_inputs()[0].name: x})[0]
 
 
@@ -211,10 +196,6 @@ def runtime_outputs(runtime: str, path: pathlib.Path, x: np.ndarray) -> np.ndarr
     return np.concatenate([runner(x[i:i + 4096])[0] for i in range(0, len(x), 4096)])
 
 
-def runtime_rows(x: np.ndarray) -> np.ndarray:
-    """Rows where OpenVINO and tract compute the function: no NaN, below RUNTIME_RANGE."""
-    flat = x.reshape(len(x), -1)
-    return ~np.isnan(flat).any(1) & (np.abs(np.nan_to_num(flat, posinf=np.inf)) < RUNTIME_RANGE).all(1)
 
 
 # ---------------------------------------------------------------------------- every model passes
@@ -261,8 +242,6 @@ def test_honest_evaluations_pass(name: str, cases: Cases) -> None:
 # ---------------------------------------------------------------------------- mutants fail
 
 
-def _initializer(proto: onnx.ModelProto, name: str) -> onnx.TensorProto:
-    return next(i for i in proto.graph.initializer if i.name == name)
 
 
 def _node(proto: onnx.ModelProto, op_type: str, index: int = 0) -> onnx.NodeProto:
@@ -271,11 +250,11 @@ def _node(proto: onnx.ModelProto, op_type: str, index: int = 0) -> onnx.NodeProt
 
 def _scaled(proto: onnx.ModelProto, name: str, factor: float, at: tuple[int, ...] | None = None) -> None:
     """Multiply initializer ``name`` (its largest element, or the one ``at``) by ``factor``."""
-    array = numpy_helper.to_array(_initializer(proto, name)).astype(np.float64)
+    array = numpy_helper.to_array(initializer(proto, name)).astype(np.float64)
     at = np.unravel_index(np.argmax(np.abs(array)), array.shape) if at is None else at
     array[at] *= factor
-    dtype = numpy_helper.to_array(_initializer(proto, name)).dtype
-    _initializer(proto, name).CopyFrom(numpy_helper.from_array(array.astype(dtype), name))
+    dtype = numpy_helper.to_array(initializer(proto, name)).dtype
+    initializer(proto, name).CopyFrom(numpy_helper.from_array(array.astype(dtype), name))
 
 
 def _attribute(proto: onnx.ModelProto, op_type: str, name: str, change: Callable[[float], float],
