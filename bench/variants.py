@@ -196,7 +196,7 @@ def _fixed_ops(model: torch.nn.Module, exporter: str) -> bool:
     """Whether one of zoo's lowerings replaces upstream's export of ``model``'s activation with this
     exporter: upstream's is then not a correct evaluation (README: Export fixes)."""
     import zoo
-    from export.fix_table import builtin
+    from export.lowerings.fix_table import builtin
 
     spec = getattr(model, "zoo_config", {}).get("activation") or type(model).__name__
     name = zoo.activations.resolve(spec["name"] if isinstance(spec, dict) else spec)[0]

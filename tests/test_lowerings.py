@@ -42,7 +42,7 @@ def test_builtin_lowerings_are_entry_points_of_zoos_own_distribution() -> None:
     found = lowerings.installed()
     assert not found.problems
     builtin = [sources[0] for _, sources in zoo.lowerings.sources() if sources[0].distribution == zoo.DISTRIBUTION]
-    assert len(builtin) >= 18 and all(s.target.startswith("export.formulas:") for s in builtin)
+    assert len(builtin) >= 18 and all(s.target.startswith("export.lowerings.formulas:") for s in builtin)
     for source in builtin:
         assert zoo.lowerings.get(source.name).op == source.name
 
@@ -88,7 +88,7 @@ def test_zoo_show_and_list_name_a_plugins_lowering(example_site: Path) -> None:
     shown = run_zoo("show", "bessel_bump", env=env)
     assert shown.returncode == 0, shown.stderr
     assert "special_i0e = zoo_example_plugin.lowering:special_i0e (from zoo-example-plugin 0.2.0)" in shown.stdout
-    assert "export.formulas:gelu" in run_zoo("show", "gelu", "--kind", "activations").stdout
+    assert "export.lowerings.formulas:gelu" in run_zoo("show", "gelu", "--kind", "activations").stdout
     rows = json.loads(run_zoo("list", "lowerings", "--json", "--check", env=env).stdout)
     row = next(r for r in rows if r["name"] == "special_i0e")
     assert (row["status"], row["distribution"]) == ("ok", "zoo-example-plugin 0.2.0")

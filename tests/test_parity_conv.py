@@ -33,7 +33,7 @@ from export import ExportError, check_parity, to_onnx
 from export.onnx_export import NAN_DROPPING_OPS
 from export.parity import ParityReport, ProbeSet, judge, parity_run
 from export.parity.bounds import BoundError, bounded_run
-from export.passes import propagate_nan
+from export.lowerings.passes import propagate_nan
 from export.runtime.backends import load_runner
 
 Edit = Callable[[onnx.ModelProto], None]

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime
 from onnx import TensorProto, helper
 
-from export import passes
+from export.lowerings import passes
 
 
 def _run(model: onnx.ModelProto, **feeds: np.ndarray) -> np.ndarray:

@@ -112,7 +112,7 @@ models = Registry(
     check=_module_check,
     build=model_builder({r.kind: r for r in (activations, layers, convs, norms, pools)}),
 )
-# ONNX lowerings of torch ops (export/lowerings.py): keyed by the aten op they lower.
+# ONNX lowerings of torch ops (export/lowerings/): keyed by the aten op they lower.
 lowerings = Registry("lowerings", group="zoo.onnx", key=exact)
 registries = {r.kind: r for r in (activations, layers, convs, norms, pools, models, datasets, lowerings)}
 

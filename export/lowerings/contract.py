@@ -1,16 +1,4 @@
-"""Lowerings: ONNX formulas for torch ops, registered through the `zoo.onnx` entry-point group.
-
-A lowering is one formula, written once against a tiny op builder (``Ops``) and emitted by both
-exporters. A distribution declares it in its setup.cfg, under the name of the aten op it lowers::
-
-    [options.entry_points]
-    zoo.onnx =
-        special_i0e = my_package.lowering:i0e
-
-where ``i0e`` is a function decorated with ``@lowering("special_i0e")``. The built-in lowerings
-(export/formulas.py) are registered the same way, by zoo's own setup.cfg. ``installed()`` loads
-them all; a broken one, or two claiming one op, is reported and left out, never fatal to others.
-"""
+"""The `zoo.onnx` contract: the op builder a formula writes against, the decorator, the installed set."""
 
 from __future__ import annotations
 

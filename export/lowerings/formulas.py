@@ -3,7 +3,7 @@
 Each is registered in zoo's setup.cfg under the `zoo.onnx` entry-point group, exactly as a
 third-party lowering is (see export/lowerings.py), and emitted by both exporters. A formula takes
 (ops, x, *torch's arguments) and returns torch's function of x in x's dtype; in float16 it runs in
-float32 and rounds once, as torch's CPU kernels do. export/FIXES.md lists them.
+float32 and rounds once, as torch's CPU kernels do. export/lowerings/FIXES.md lists them.
 """
 
 from __future__ import annotations
