@@ -223,7 +223,7 @@ def _strip_machine_facts(proto: onnx.ModelProto) -> None:
 
 
 def _computing_in_float64(proto: onnx.ModelProto) -> onnx.ModelProto:
-    from export.lowerings.passes import compute_in_float64  # onnx_ir loads only for the exports that need a pass
+    from export.lowerings.passes import compute_in_float64  # onnx_ir loads only where a pass runs
 
     return compute_in_float64(proto)
 
@@ -232,7 +232,7 @@ def _nan_kept(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The graph with every max pooling NaN where its window holds a NaN, as torch's (export.lowerings.passes.PropagateNaNPass)."""
     if not lowerings.enabled() or not any(node.op_type in NAN_DROPPING_OPS for node in proto.graph.node):
         return proto
-    from export.lowerings.passes import propagate_nan  # onnx_ir loads only for the exports that need a pass
+    from export.lowerings.passes import propagate_nan  # onnx_ir loads only where a pass runs
 
     return propagate_nan(proto, NAN_DROPPING_OPS)
 
@@ -242,7 +242,7 @@ def _narrow(proto: onnx.ModelProto, dtype: str) -> onnx.ModelProto:
     if dtype != "float16" or not lowerings.enabled():
         return proto
     try:
-        from export.lowerings.passes import round_float16  # onnx_ir loads only for the exports that need a pass
+        from export.lowerings.passes import round_float16  # onnx_ir loads only where a pass runs
 
         return round_float16(copy.deepcopy(proto))
     except ValueError as error:

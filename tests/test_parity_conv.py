@@ -30,10 +30,10 @@ from torch import nn
 import zoo
 from bench.variants import LEVELS, initializer, ort_session, runtime_rows
 from export import ExportError, check_parity, to_onnx
+from export.lowerings.passes import propagate_nan
 from export.onnx_export import NAN_DROPPING_OPS
 from export.parity import ParityReport, ProbeSet, judge, parity_run
 from export.parity.bounds import BoundError, bounded_run
-from export.lowerings.passes import propagate_nan
 from export.runtime.backends import load_runner
 
 Edit = Callable[[onnx.ModelProto], None]
