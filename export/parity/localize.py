@@ -3,10 +3,13 @@
 Like polygraphy's ``--onnx-outputs mark all`` and ``torch.onnx.verification.find_mismatch``: every
 intermediate value of the graph becomes an output, the failing input runs through onnxruntime
 with optimisations off, and each module's output (in the order the modules finish, from
-``export.parity.bounds`` with its bound) is compared with the value of the last ONNX node the exporter
-wrote inside that module's scope with the module output's shape (size-1 axes aside). The first one
-outside its bound is where the wrong lowering sits, unless it holds a later module's value: an
-exporter that folds a batch norm into the conv before it writes the fused node in the conv's scope.
+``export.parity.bounds`` with its bound) is compared with the value of the ONNX node that computes it:
+the last node the exporter wrote inside that module's scope (its own or a submodule's) whose value, with
+the module output's shape (size-1 axes aside), is used outside that scope. The first one outside its
+bound is where the wrong lowering sits, unless it holds a later module's value: an exporter that folds a
+batch norm into the conv before it writes the fused node in the conv's scope. An exporter that writes the
+fused node in the batch norm's scope (dynamo's optimizer) leaves the conv's weights, named after the conv,
+as its inputs: the report names both modules.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from export.parity.judging import ProbeSet, worst_row
 from export.runtime.compare import OutputVerdict, compare_output
 
 SCOPES = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's node metadata: ['', 'fc0', 'linear']
+RULE = "pkg.onnxscript.rewriter.rule_name"  # its optimizer's rewrites: 'FuseBatchNormIntoConv, ...'
 
 
 def first_failing_node(model: torch.nn.Module, proto: onnx.ModelProto, probe_set: ProbeSet,
@@ -39,14 +43,14 @@ def first_failing_node(model: torch.nn.Module, proto: onnx.ModelProto, probe_set
     except Exception as error:  # noqa: BLE001 - an explanation must never hide the verdict it explains
         return f"could not localise the failure: {type(error).__name__}: {error}"
     for number, module in enumerate(run.modules):
-        node = _last_node_of(proto, module.name, values, module.value.shape)
+        node = _output_node(proto, module.name, values, module.value.shape)
         if node is None:
             continue
         value = values[node.output[0]].reshape(module.value.shape)
         verdict = _judged(node, value, module)
         if not verdict.ok and not _fused(node, value, run.modules[number + 1:]):
-            return (f"first node out of its bound: {node.op_type} {node.name!r}, the output of torch module "
-                    f"{module.name!r} ({module.kind}): {verdict.describe()}")
+            return (f"first node out of its bound: {node.op_type} {node.name!r}, the output of "
+                    f"{_named(proto, node, module, run.modules)}: {verdict.describe()}")
     bad = next(v for v in verdicts if not v.ok and v.worst)
     last = producers.get(bad.name)
     where = f"{last.op_type} {last.name!r}" if last is not None else repr(bad.name)
@@ -86,16 +90,46 @@ def _every_value(proto: onnx.ModelProto, x: np.ndarray) -> tuple[dict[str, np.nd
     return dict(zip(names, outputs)), producers
 
 
-def _last_node_of(proto: onnx.ModelProto, module: str, values: dict[str, np.ndarray],
-                  shape: tuple[int, ...]) -> onnx.NodeProto | None:
-    """The last float node inside ``module``'s scope whose value has the module output's shape (size-1 axes aside)."""
+def _output_node(proto: onnx.ModelProto, module: str, values: dict[str, np.ndarray],
+                 shape: tuple[int, ...]) -> onnx.NodeProto | None:
+    """The node computing ``module``'s output: the last float node inside the module's scope (or a submodule's) whose
+    value has the output's shape (size-1 axes aside) and is used outside that scope or is a graph output.
+
+    Not the last node of the module's own scope: where a submodule computes the output (a block ending in an
+    activation module, ``act(out + identity)``), that would be a value before it (the residual Add).
+    """
+    inside = [node for node in proto.graph.node if _within(_scope(node), module)]
+    used_outside = {name for node in proto.graph.node if not _within(_scope(node), module) for name in node.input}
+    used_outside.update(output.name for output in proto.graph.output)
     found = None
-    for node in proto.graph.node:
+    for node in inside:
         value = values.get(node.output[0]) if node.output else None
-        if (value is not None and _squeezed(value.shape) == _squeezed(shape) and value.size == math.prod(shape)
-                and np.issubdtype(value.dtype, np.floating) and _scope(node) == module):
+        if (value is not None and node.output[0] in used_outside and _squeezed(value.shape) == _squeezed(shape)
+                and value.size == math.prod(shape) and np.issubdtype(value.dtype, np.floating)):
             found = node
     return found
+
+
+def _within(scope: str | None, module: str) -> bool:
+    """Whether ``scope`` is ``module`` or one of its submodules (qualified names)."""
+    return scope is not None and (scope == module or scope.startswith(f"{module}."))
+
+
+def _named(proto: onnx.ModelProto, node: onnx.NodeProto, module: ModuleValue, modules: list[ModuleValue]) -> str:
+    """``module``, or every module the node computes where the exporter folded others into it: the modules outside
+    ``module``'s scope with no node of their own whose parameters, by their initializers' names, it reads (a conv
+    before its batch norm; a weight shared with a module that has nodes is no fold)."""
+    kinds = {m.name: m.kind for m in modules}
+    initializers = {tensor.name for tensor in proto.graph.initializer}
+    owners = {name.rpartition(".")[0] for name in node.input if name in initializers}
+    scopes = {_scope(other) for other in proto.graph.node}
+    folded = [o for o in sorted(owners) if o in kinds and not _within(o, module.name)
+              and not any(_within(scope, o) for scope in scopes)]
+    if not folded:
+        return f"torch module {module.name!r} ({module.kind})"
+    names = " + ".join(f"{name!r} ({kinds[name]})" for name in [*folded, module.name])
+    rule = {p.key: p.value for p in node.metadata_props}.get(RULE)
+    return f"torch modules {names}, folded into one node by the exporter" + (f" ({rule})" if rule else "")
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
