@@ -6,10 +6,9 @@ with optimisations off, and each module's output (in the order the modules finis
 ``export.parity.bounds`` with its bound) is compared with the value of the ONNX node that computes it:
 the last node the exporter wrote inside that module's scope (its own or a submodule's) whose value, with
 the module output's shape (size-1 axes aside), is used outside that scope. The first one outside its
-bound is where the wrong lowering sits, unless it holds a later module's value: an exporter that folds a
-batch norm into the conv before it writes the fused node in the conv's scope. An exporter that writes the
-fused node in the batch norm's scope (dynamo's optimizer) leaves the conv's weights, named after the conv,
-as its inputs: the report names both modules.
+bound is where the wrong lowering sits, unless it holds a later module's value. A node into which the
+exporter folded modules (a batch norm into the conv before it) is compared with the last one's output
+and names them all: the graph shows the fold as a module with weights but no node of its own.
 """
 
 from __future__ import annotations
@@ -46,11 +45,12 @@ def first_failing_node(model: torch.nn.Module, proto: onnx.ModelProto, probe_set
         node = _output_node(proto, module.name, values, module.value.shape)
         if node is None:
             continue
-        value = values[node.output[0]].reshape(module.value.shape)
-        verdict = _judged(node, value, module)
+        computed = _computed(proto, model, node, number, run.modules)
+        value = values[node.output[0]].reshape(computed[-1].value.shape)
+        verdict = _judged(node, value, computed[-1])
         if not verdict.ok and not _fused(node, value, run.modules[number + 1:]):
             return (f"first node out of its bound: {node.op_type} {node.name!r}, the output of "
-                    f"{_named(proto, node, module, run.modules)}: {verdict.describe()}")
+                    f"{_named(node, computed)}: {verdict.describe()}")
     bad = next(v for v in verdicts if not v.ok and v.worst)
     last = producers.get(bad.name)
     where = f"{last.op_type} {last.name!r}" if last is not None else repr(bad.name)
@@ -115,19 +115,38 @@ def _within(scope: str | None, module: str) -> bool:
     return scope is not None and (scope == module or scope.startswith(f"{module}."))
 
 
-def _named(proto: onnx.ModelProto, node: onnx.NodeProto, module: ModuleValue, modules: list[ModuleValue]) -> str:
-    """``module``, or every module the node computes where the exporter folded others into it: the modules outside
-    ``module``'s scope with no node of their own whose parameters, by their initializers' names, it reads (a conv
-    before its batch norm; a weight shared with a module that has nodes is no fold)."""
-    kinds = {m.name: m.kind for m in modules}
+def _computed(proto: onnx.ModelProto, model: torch.nn.Module, node: onnx.NodeProto, number: int,
+              modules: list[ModuleValue]) -> list[ModuleValue]:
+    """The modules whose work ``node`` holds, in order (its value is the last one's output): ``modules[number]`` and
+    those the exporter folded into it, which have weights but no node of their own. dynamo's optimizer writes a
+    conv and its batch norm as one node in the norm's scope, reading the conv's weights by their names; the
+    torchscript exporter writes it in the conv's scope, and the norm's parameters appear under no name."""
+    module = modules[number]
     initializers = {tensor.name for tensor in proto.graph.initializer}
     owners = {name.rpartition(".")[0] for name in node.input if name in initializers}
-    scopes = {_scope(other) for other in proto.graph.node}
-    folded = [o for o in sorted(owners) if o in kinds and not _within(o, module.name)
-              and not any(_within(scope, o) for scope in scopes)]
-    if not folded:
-        return f"torch module {module.name!r} ({module.kind})"
-    names = " + ".join(f"{name!r} ({kinds[name]})" for name in [*folded, module.name])
+    before = {m.name: m for m in modules
+              if m.name in owners and not _within(m.name, module.name) and _nodeless(proto, m.name)}
+    after = [m for m in modules[number + 1:number + 2]
+             if m.value.shape == module.value.shape and _vanished(proto, model, m.name, initializers)]
+    return [*before.values(), module, *after]
+
+
+def _vanished(proto: onnx.ModelProto, model: torch.nn.Module, module: str, initializers: set[str]) -> bool:
+    """Whether ``module`` has weights (parameters or buffers) but neither a node nor an initializer named after it."""
+    weights = [*model.get_submodule(module).parameters(), *model.get_submodule(module).buffers()]
+    return bool(weights) and _nodeless(proto, module) and not any(name.startswith(f"{module}.") for name in initializers)
+
+
+def _nodeless(proto: onnx.ModelProto, module: str) -> bool:
+    """Whether no node of the graph comes from ``module`` or its submodules."""
+    return not any(_within(_scope(node), module) for node in proto.graph.node)
+
+
+def _named(node: onnx.NodeProto, computed: list[ModuleValue]) -> str:
+    """The torch module a node computes, or the modules the exporter folded into it (and its rewrite, if recorded)."""
+    if len(computed) == 1:
+        return f"torch module {computed[0].name!r} ({computed[0].kind})"
+    names = " + ".join(f"{m.name!r} ({m.kind})" for m in computed)
     rule = {p.key: p.value for p in node.metadata_props}.get(RULE)
     return f"torch modules {names}, folded into one node by the exporter" + (f" ({rule})" if rule else "")
 
