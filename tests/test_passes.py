@@ -1,4 +1,4 @@
-"""Direct tests of export.passes on tiny hand-built graphs."""
+"""Direct tests of export.lowerings.passes on tiny hand-built graphs."""
 
 from __future__ import annotations
 
