@@ -54,10 +54,11 @@ SMALL = {"float32": 1e-3, "float16": 3e-2}
 # (layer norm decomposed, which onnxruntime fuses back at EXTENDED and ALL) and 18, dynamo at its lowest.
 VARIANTS = [("torchscript", {"opset": 16}), ("torchscript", {"opset": 18}), ("dynamo", {})]
 THREADS = (1, 2)
-# Known gap: in the two-layer float16 stack these mutants (3e-2, about 60 u) move the output by less than eight
-# spreads of honest float16 rounding (at 0.09 to 1.0 of them with no allowance at all; the scale's rounding,
-# carried through |W| and each layer norm's |J|, takes the rest): only a larger change shows there.
-BELOW_FLOOR = {"float16": {"layer norm eps", "attention scale", "one score shifted", "one key weight"}}
+# Known gap: in the two-layer float16 stack these mutants (3e-2, about 60 u) move the output by about as much as
+# honest float16 rounding does. Measured in spreads of the output (the largest honest deviation over every variant
+# is 1.3 of them; a verdict needs 8 beyond the allowance): eps times 4 moves it by at most 1.0 (it matters only
+# where var + eps is small, and there float16 rounding of the scores dominates), one key weight by 3.4.
+BELOW_FLOOR = {"float16": {"layer norm eps", "one key weight"}}
 
 
 @pytest.fixture(scope="module")
