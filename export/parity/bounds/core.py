@@ -300,7 +300,7 @@ def _forward(wide: torch.nn.Module, inputs: torch.Tensor, mode: BoundMode, modul
 def _change(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     """|new - old|: 0 where equal (an infinity unchanged), infinite where either is NaN."""
     with np.errstate(invalid="ignore"):
-        return np.nan_to_num(np.where(new == old, 0.0, np.abs(new - old)), nan=math.inf)
+        return np.nan_to_num(np.where(new == old, 0.0, np.abs(new - old)), nan=math.inf, posinf=math.inf)
 
 
 def _float64_copy(model: torch.nn.Module) -> torch.nn.Module:
