@@ -54,10 +54,12 @@ SMALL = {"float32": 1e-3, "float16": 3e-2}
 # (layer norm decomposed, which onnxruntime fuses back at EXTENDED and ALL) and 18, dynamo at its lowest.
 VARIANTS = [("torchscript", {"opset": 16}), ("torchscript", {"opset": 18}), ("dynamo", {})]
 THREADS = (1, 2)
-# Known gap: in the two-layer float16 stack these mutants (3e-2, about 60 u) move the output by less than eight
-# spreads of honest float16 rounding (at 0.09 to 1.0 of them with no allowance at all; the scale's rounding,
-# carried through |W| and each layer norm's |J|, takes the rest): only a larger change shows there.
-BELOW_FLOOR = {"float16": {"layer norm eps", "attention scale", "one score shifted", "one key weight"}}
+# Known gap: in the two-layer float16 stack these mutants (3e-2, about 60 u) move the output by about as much as
+# honest float16 rounding does, in spreads of the output (a verdict needs 8 beyond the allowance; honest runs reach
+# 1.3): one key weight by 3.4; eps times 4 by 1.0, where honest runs deviate as much. Eps shows only where a row's
+# variance is near it (inputs near 1e-3), and there products and squares fall below float16's smallest normal, all
+# of which an evaluation that flushes underflow to zero may lose: tier 2 leaves such rows nearly unjudged.
+BELOW_FLOOR = {"float16": {"layer norm eps", "one key weight"}}
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,15 @@ q sqrt(s) (k sqrt(s))^T + mask, Softmax, MatMul with v (opset 23 may keep it who
 Attention, which scales the product once). The rule runs those ops through the pass, so the
 matrix products, the softmax and the mask addition are judged by their own rules, and adds the
 scale as a constant a runtime rounds: the same relative error on every score. Tier 1 takes at most
-``SCALE_ULPS`` u of it, whatever the way. The allowance takes what the exact errors of the ways the exporters
-form it (``scale_errors``: s, or 1 / sqrt(E), its root and its reciprocal each rounded to float32, to the dtype
-or to both in turn, held once, or as sqrt(s) applied to q and to k, whose product is the square of one rounded
-constant) move the weights and the output, computed in float64 (``_scale_effect``): for E = 4 in float16, a
-scale 0.44 u low (sqrt(0.5) held as 0.70703125) moves y by 0.44 u of sum_j p_j (s_j - mean_p s) v_j, where
-SCALE_ULPS u of |s| through the softmax's and the product's worst case took up to 4 u of sum_j p_j |s_j| |v_j|.
+``SCALE_ULPS`` u of it, whatever the way. Tier 2 takes the exact effect of each way the exporters form it
+(``scale_errors``: s, or 1 / sqrt(E), its root and its reciprocal each rounded to float32, to the dtype or to
+both in turn, held once, or as sqrt(s) applied to q and to k, whose product is the square of one rounded
+constant) on every value downstream: the model runs again in float64 with the call's scale s (1 + error)
+(``core.Held``), signed, so the output and the layers after it do not inflate it as an absolute allowance
+through |W| and each norm's |J| would (for E = 4 in float16 a scale 0.44 u low, sqrt(0.5) held as 0.70703125,
+grew to 40 spreads at a two-layer encoder's output that way). The pass itself leaves the effect out of the
+reach it carries to later rules: it moves a score by at most 2 u of it, inside the 8 spreads (3.4 u) of the
+score's own last rounding that the reach already spans.
 
 Masks: a boolean mask arrives as an additive one (0 where kept, -inf where masked), ``is_causal``
 keeps key j <= query i. A masked score is exactly -inf and its weight exactly 0. A query that may
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.parity.bounds.core import Bounded, BoundError, BoundMode, aten, nan_to_inf, rule
+from export.parity.bounds.core import Bounded, BoundError, BoundMode, Held, aten, rule
 
 # The scale s = 1 / sqrt(E) (or the one given) as a runtime holds it: 1 / sqrt(E) rounds twice, sqrt(s)
 # once more and each of the two factors sqrt(s) once: at most this many u of every score, the same sign.
@@ -61,14 +64,17 @@ def _attention(mode: BoundMode, func: Any, args: tuple, kwargs: dict, out: Any) 
     k3 = _call(mode, aten.reshape.default, _call(mode, aten.mul.Tensor, k, root), (-1, keys, k.shape[-1]))
     scores = _call(mode, aten.bmm.default, q3, _call(mode, aten.transpose.int, k3, 1, 2))
     _scale_rounded(mode, scores, scale)
-    raw, keep = scores, keep.reshape(scores.shape)
+    keep = keep.reshape(scores.shape)
     if mask is not None:
         mask = _call(mode, aten.reshape.default, mask, scores.shape)
         scores = _call(mode, aten.add.Tensor, scores, mask)
     weights = _call(mode, aten._softmax.default, _masked(mode, scores, keep), -1, False)
     v3 = _call(mode, aten.reshape.default, v, (-1, keys, v.shape[-1]))
     y = _call(mode, aten.bmm.default, weights, v3)
-    _scale_effect(mode, (raw, mask, keep, v3), (weights, y), scale_errors(given.get("scale"), q.shape[-1], mode.narrow))
+    call = sum(mode.counts[op] for op in ATTENTION) - 1
+    errors = scale_errors(given.get("scale"), q.shape[-1], mode.narrow)
+    if errors:
+        mode.held.append(tuple(Held(ATTENTION, call, functools.partial(_rescaled, factor=1 + e)) for e in errors))
     results = [_plain(mode.bounded(y), out[0].shape)]
     if func.overloadpacket is aten._scaled_dot_product_attention_math:
         return [*results, _plain(mode.bounded(weights), out[1].shape)]
@@ -160,21 +166,12 @@ def _scale_rounded(mode: BoundMode, scores: torch.Tensor, scale: float) -> None:
     mode.remember(scores, bound)
 
 
-def _scale_effect(mode: BoundMode, given: tuple, results: tuple[torch.Tensor, torch.Tensor],
-                  errors: tuple[float, ...]) -> None:
-    """Add to the allowance of the weights and the output what each rounded scale moves them by, computed: the
-    scores (q k^T s, the ``mask`` added, -inf where not ``keep``) with s (1 + error) through softmax and v."""
-    raw, mask, keep, v = given
-    weights, y = results
-    with mode.pause():
-        moved = [torch.zeros_like(weights), torch.zeros_like(y)]
-        for error in errors:
-            scores = raw * (1 + error) if mask is None else raw * (1 + error) + mask
-            p = torch.softmax(scores.masked_fill(~keep, -math.inf), -1)
-            moved = [torch.maximum(m, nan_to_inf((new - old).abs())) for m, new, old in zip(moved, (p, p @ v), results)]
-        for value, change in zip(results, moved):
-            bound = mode.bounded(value)
-            bound.allowance = change if bound.allowance is None else bound.allowance + change
+def _rescaled(func: Any, args: tuple, kwargs: dict, factor: float) -> tuple[tuple, dict]:
+    """An attention call's arguments with its scale (given, or 1 / sqrt(E)) times ``factor``."""
+    scale = _arguments(func, args, kwargs).get("scale") or 1 / math.sqrt(args[0].shape[-1])
+    return args, {**kwargs, "scale": scale * factor}
+
+
 def _masked(mode: BoundMode, scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """-inf where masked, the score elsewhere. A masked score is exact, unless the score itself may overflow:
     a runtime adds the mask to it, and +inf - inf is NaN."""

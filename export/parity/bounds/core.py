@@ -26,7 +26,13 @@ Matrix Anal. Appl. 2020), plus a deterministic allowance for what is not random.
   sums, and so its variance, vary from element to element, which gives it a heavier tail than a
   normal variable until a later sum averages it with others;
 - constants rounded once, a decision that may flip (``where`` near its knee) and the limit taken at
-  an infinity are the allowance, which passes through ``|W|`` like the worst case.
+  an infinity are the allowance, which passes through ``|W|`` like the worst case;
+- a constant that a runtime holds rounded in one of a few known ways (the attention scale: ``Held``)
+  shifts every value it reaches by a signed amount that ``|W|`` and a norm's ``|J|`` would inflate
+  a hundredfold over a few layers: its effect is computed instead, the model run again in float64
+  with the constant as each way holds it, and the largest change over the ways joins the allowance
+  of every output and module value. The effects of several such constants add to first order (the
+  second order, about u^2, is far below one rounding), so each one's largest change is added.
 
 An honest output lies within ``SPREADS`` spreads plus its allowance (``export.runtime.compare``
 justifies the number), and within the worst-case bound. A wrong export is systematic (a perturbed
@@ -48,6 +54,7 @@ eager in float32 is judged by them like any runtime (see ``check_parity``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 from collections.abc import Callable, Iterator
@@ -132,6 +139,34 @@ class Bounded:
         if self.local is None:
             return self.spread
         return (self.spread**2 + (TAIL - 1) * self.local).sqrt()
+
+
+@dataclass(frozen=True)
+
+
+class Held:
+    """One way a runtime may hold a rounded constant: the ``call``-th call (from 0, in the order the forward makes
+    them) of any of the aten ``ops`` (overload packets), its arguments changed by ``change(func, args, kwargs)``."""
+
+    ops: tuple[Any, ...]
+    call: int
+    change: Callable[[Any, tuple, dict], tuple[tuple, dict]]
+
+
+class _Holding(TorchDispatchMode):
+    """A plain float64 forward in which one constant is held as ``held`` says."""
+
+    def __init__(self, held: Held) -> None:
+        super().__init__()
+        self.held, self.seen = held, 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func.overloadpacket in self.held.ops:
+            if self.seen == self.held.call:
+                args, kwargs = self.held.change(func, args, kwargs)
+            self.seen += 1
+        return func(*args, **kwargs)
 
 
 @dataclass
@@ -227,16 +262,45 @@ def _run_chunk(wide: torch.nn.Module, x: np.ndarray, dtype: str, modules: bool,
     """One chunk of rows through the pass, and the bytes it held."""
     mode = BoundMode(dtype, weights)
     inputs = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    outputs = _forward(wide, inputs, mode, modules, mode)
+    run = BoundedRun(outputs=[o.numpy() for o in outputs], tolerances=[mode.tolerance(o) for o in outputs],
+                     modules=mode.recorded)
+    for ways in mode.held:
+        _allow_held(run, [_held_values(wide, inputs, BoundMode(dtype, weights), modules, way) for way in ways])
+    return run, mode.held_bytes()
+
+
+def _held_values(wide: torch.nn.Module, inputs: torch.Tensor, mode: BoundMode, modules: bool,
+                 way: Held) -> list[np.ndarray]:
+    """The outputs, then the module values, of a plain float64 forward with one constant held as ``way`` says."""
+    outputs = _forward(wide, inputs, mode, modules, _Holding(way))
+    return [*(o.numpy() for o in outputs), *(m.value for m in mode.recorded)]
+
+
+def _allow_held(run: BoundedRun, changed: list[list[np.ndarray]]) -> None:
+    """Add to the allowance of each output and module value its largest change over the ways (``changed``)."""
+    values = [*run.outputs, *(m.value for m in run.modules)]
+    tolerances = [*run.tolerances, *(m.tolerance for m in run.modules)]
+    for k, (tolerance, value) in enumerate(zip(tolerances, values)):
+        tolerance.allowance = tolerance.allowance + np.max([_change(way[k], value) for way in changed], axis=0)
+
+
+def _forward(wide: torch.nn.Module, inputs: torch.Tensor, mode: BoundMode, modules: bool,
+             dispatch: TorchDispatchMode) -> list[torch.Tensor]:
+    """The model's outputs on ``inputs`` under ``dispatch``, its modules hooked to ``mode`` (which records them)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.no_grad())
         for name, module in wide.named_modules():
             stack.enter_context(_hooked(module, name, mode, modules))
-        stack.enter_context(mode)
+        stack.enter_context(dispatch)
         result = wide(inputs)
-    outputs = list(result) if isinstance(result, (tuple, list)) else [result]
-    run = BoundedRun(outputs=[o.numpy() for o in outputs], tolerances=[mode.tolerance(o) for o in outputs],
-                     modules=mode.recorded)
-    return run, mode.held_bytes()
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
+def _change(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """|new - old|: 0 where equal (an infinity unchanged), infinite where either is NaN."""
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(np.where(new == old, 0.0, np.abs(new - old)), nan=math.inf, posinf=math.inf)
 
 
 def _float64_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -288,12 +352,15 @@ class BoundMode(TorchDispatchMode):
         self.recorded: list[ModuleValue] = []
         self.calls: list[tuple[str, str]] = []  # (name, class) of each module whose forward is running
         self.paused = False
+        self.counts: collections.Counter = collections.Counter()  # calls of each op so far (for Held.call)
+        self.held: list[tuple[Held, ...]] = []  # per rounded constant, the ways a runtime may hold it
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if self.paused:
             return out
+        self.counts[func.overloadpacket] += 1
         rule = rule_for(func)
         if rule is None:
             raise BoundError(self.missing_rule(func))
