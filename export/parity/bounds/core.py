@@ -109,8 +109,6 @@ class BoundError(ParityError, ValueError):
 
 
 @dataclass
-
-
 class Partial:
     """An unrounded sum (a dot product before its bias): what a fused Add needs to join it as one more term."""
 
@@ -123,8 +121,6 @@ class Partial:
 
 
 @dataclass
-
-
 class Bounded:
     """What the pass knows of one value: its worst-case bound, its spread and allowance, and its sum."""
 
@@ -142,8 +138,6 @@ class Bounded:
 
 
 @dataclass(frozen=True)
-
-
 class Held:
     """One way a runtime may hold a rounded constant: the ``call``-th call (from 0, in the order the forward makes
     them) of any of the aten ``ops`` (overload packets), its arguments changed by ``change(func, args, kwargs)``."""
@@ -170,8 +164,6 @@ class _Holding(TorchDispatchMode):
 
 
 @dataclass
-
-
 class ModuleValue:
     """A leaf module's output in float64 with its tolerance, in call order (for explaining failures)."""
 
@@ -182,8 +174,6 @@ class ModuleValue:
 
 
 @dataclass
-
-
 class BoundedRun:
     """The float64 outputs of a model, the tolerance of each, and every leaf module's output."""
 
