@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= zoo-out
+# pytest processes for make test (pytest-xdist; 0 runs in this process). A file's tests share one process and its fixtures.
+TEST_JOBS ?= 2
 
 .PHONY: demo test test-kernels parity bench lint clean
 
@@ -18,8 +20,8 @@ demo: $(STAMP)  ## build, train, export and verify the whole zoo into $(OUT)/ (r
 	$(VENV)/bin/zoo run -o $(OUT) --force
 
 test: $(STAMP)  ## the test suite (what CI runs), then the parity-critical tests on torch's baseline CPU kernels
-	$(PY) -m pytest -q
-	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(PY) -m pytest -q -m parity
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(PY) -m pytest -q -m parity -n $(TEST_JOBS)
 
 test-kernels: $(STAMP)  ## the parity-critical tests under every torch CPU kernel set this CPU has (ATen's, oneDNN's)
 	for isa in default avx2 avx512; do ATEN_CPU_CAPABILITY=$$isa $(PY) -m pytest -q -m parity || exit 1; done
