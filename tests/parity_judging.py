@@ -126,15 +126,7 @@ def onnxruntime_run(model: onnx.ModelProto | pathlib.Path, level: str = "all", t
     return lambda x: session.run(None, {name: x})
 
 
-
-
-
-
 # ---------------------------------------------------------------------------- graph edits (mutants)
-
-
-
-
 
 
 def scaled_element(shape: tuple[int, ...], columns: slice, factor: float) -> Edit:
@@ -149,8 +141,6 @@ def scaled_element(shape: tuple[int, ...], columns: slice, factor: float) -> Edi
         wide[:, columns] = part
         tensor.CopyFrom(numpy_helper.from_array(wide.astype(array.dtype), tensor.name))
     return edit
-
-
 
 
 def scaled_attribute(op_type: str, attribute: str, factor: float) -> Edit:

@@ -175,8 +175,6 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> Cases:
 # ---------------------------------------------------------------------------- running and judging
 
 
-
-
 def run(model: onnx.ModelProto | pathlib.Path, x: np.ndarray, **options: object) -> np.ndarray:
     chosen = ort_session(model, **options)
     return chosen.run(None, {chosen.get_inputs()[0].name: x})[0]
@@ -194,8 +192,6 @@ def runtime_outputs(runtime: str, path: pathlib.Path, x: np.ndarray) -> np.ndarr
     """The one output of ``runtime`` (OpenVINO, tract) on every row of ``x``, in batches it takes."""
     runner = load_runner(runtime, path)
     return np.concatenate([runner(x[i:i + 4096])[0] for i in range(0, len(x), 4096)])
-
-
 
 
 # ---------------------------------------------------------------------------- every model passes
@@ -240,8 +236,6 @@ def test_honest_evaluations_pass(name: str, cases: Cases) -> None:
 
 
 # ---------------------------------------------------------------------------- mutants fail
-
-
 
 
 def _node(proto: onnx.ModelProto, op_type: str, index: int = 0) -> onnx.NodeProto:

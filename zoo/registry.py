@@ -76,7 +76,6 @@ class PluginInfo:
         return dataclasses.asdict(self)
 
 
-
 def _scan(group: str, key: Callable[[str], str]) -> dict[str, list[Source]]:
     """Read the entry points of a group once, without importing anything they point to."""
     found: dict[str, list[Source]] = {}
