@@ -32,7 +32,11 @@ Matrix Anal. Appl. 2020), plus a deterministic allowance for what is not random.
   a hundredfold over a few layers: its effect is computed instead, the model run again in float64
   with the constant as each way holds it, and the largest change over the ways joins the allowance
   of every output and module value. The effects of several such constants add to first order (the
-  second order, about u^2, is far below one rounding), so each one's largest change is added.
+  second order, about u^2, is far below one rounding), so each one's largest change is added;
+- a rounding shared by many values (a norm's mean and variance, shared by its whole row) is added
+  coherently by the convolutions and pools after it: its variance at each output and module value
+  is estimated from a few random draws of it, each a plain float64 forward (``norm.Drawn``), and
+  joins the spread.
 
 An honest output lies within ``SPREADS`` spreads plus its allowance (``export.runtime.compare``
 justifies the number), and within the worst-case bound. A wrong export is systematic (a perturbed
@@ -146,6 +150,10 @@ class Held:
     call: int
     change: Callable[[Any, tuple, dict], tuple[tuple, dict]]
 
+    def dispatch(self) -> TorchDispatchMode:
+        """The plain float64 forward with the constant held this way."""
+        return _Holding(self)
+
 
 class _Holding(TorchDispatchMode):
     """A plain float64 forward in which one constant is held as ``held`` says."""
@@ -257,13 +265,15 @@ def _run_chunk(wide: torch.nn.Module, x: np.ndarray, dtype: str, modules: bool,
                      modules=mode.recorded)
     for ways in mode.held:
         _allow_held(run, [_held_values(wide, inputs, BoundMode(dtype, weights), modules, way) for way in ways])
+    for draws in mode.sampled:
+        _spread_sampled(run, [_held_values(wide, inputs, BoundMode(dtype, weights), modules, way) for way in draws])
     return run, mode.held_bytes()
 
 
 def _held_values(wide: torch.nn.Module, inputs: torch.Tensor, mode: BoundMode, modules: bool,
-                 way: Held) -> list[np.ndarray]:
-    """The outputs, then the module values, of a plain float64 forward with one constant held as ``way`` says."""
-    outputs = _forward(wide, inputs, mode, modules, _Holding(way))
+                 way: Any) -> list[np.ndarray]:
+    """The outputs, then the module values, of a plain float64 forward under ``way.dispatch()``."""
+    outputs = _forward(wide, inputs, mode, modules, way.dispatch())
     return [*(o.numpy() for o in outputs), *(m.value for m in mode.recorded)]
 
 
@@ -273,6 +283,16 @@ def _allow_held(run: BoundedRun, changed: list[list[np.ndarray]]) -> None:
     tolerances = [*run.tolerances, *(m.tolerance for m in run.modules)]
     for k, (tolerance, value) in enumerate(zip(tolerances, values)):
         tolerance.allowance = tolerance.allowance + np.max([_change(way[k], value) for way in changed], axis=0)
+
+
+def _spread_sampled(run: BoundedRun, drawn: list[list[np.ndarray]]) -> None:
+    """Add to the spread of each output and module value, in quadrature, the mean square of its change over the
+    draws (``drawn``) of one correlated rounding."""
+    values = [*run.outputs, *(m.value for m in run.modules)]
+    tolerances = [*run.tolerances, *(m.tolerance for m in run.modules)]
+    for k, (tolerance, value) in enumerate(zip(tolerances, values)):
+        variance = np.mean([_change(draw[k], value) ** 2 for draw in drawn], axis=0)
+        tolerance.spread = np.sqrt(tolerance.spread**2 + variance)
 
 
 def _forward(wide: torch.nn.Module, inputs: torch.Tensor, mode: BoundMode, modules: bool,
@@ -343,7 +363,12 @@ class BoundMode(TorchDispatchMode):
         self.calls: list[tuple[str, str]] = []  # (name, class) of each module whose forward is running
         self.paused = False
         self.counts: collections.Counter = collections.Counter()  # calls of each op so far (for Held.call)
-        self.held: list[tuple[Held, ...]] = []  # per rounded constant, the ways a runtime may hold it
+        # per constant a runtime may hold rounded, the ways it may hold it: each way's dispatch() gives the plain
+        # float64 forward that holds it so
+        self.held: list[tuple[Any, ...]] = []
+        # per correlated rounding (a norm's statistics), random draws of it: their effects' mean square is its
+        # variance at every value
+        self.sampled: list[tuple[Any, ...]] = []
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
