@@ -19,11 +19,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 demo: $(STAMP)  ## build, train, export and verify the whole zoo into $(OUT)/ (replacing an earlier demo there)
 	$(VENV)/bin/zoo run -o $(OUT) --force
 
-test: $(STAMP)  ## the test suite (what CI runs), then the parity-critical tests on torch's baseline CPU kernels
+test: $(STAMP)  ## the test suite (what CI runs), then the tests that depend on torch's float32 kernels on its baseline ones
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(PY) -m pytest -q -m parity -n $(TEST_JOBS)
 
-test-kernels: $(STAMP)  ## the parity-critical tests under every torch CPU kernel set this CPU has (ATen's, oneDNN's)
+test-kernels: $(STAMP)  ## the tests that depend on torch's float32 kernels, under every kernel set this CPU has (ATen's, oneDNN's)
 	for isa in default avx2 avx512; do ATEN_CPU_CAPABILITY=$$isa $(PY) -m pytest -q -m parity || exit 1; done
 	for isa in SSE41 AVX2; do ONEDNN_MAX_CPU_ISA=$$isa $(PY) -m pytest -q -m parity || exit 1; done
 

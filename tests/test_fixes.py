@@ -19,8 +19,6 @@ from export.lowerings import fix_table
 from export.parity import bounds
 from export.runtime.compare import compare_output
 
-pytestmark = pytest.mark.parity
-
 INF, NAN = float("inf"), float("nan")
 
 
@@ -158,6 +156,7 @@ def test_max_pool_keeps_nan(tmp_path: Path, model: nn.Module, exporter: str) -> 
     assert agrees(model, ours, values.tolist())
 
 
+@pytest.mark.parity  # compared with torch eager: run again under torch's baseline kernels
 @pytest.mark.parametrize("activation", ["relu", "elu"])
 def test_float16_rounds_like_torch(tmp_path: Path, activation: str) -> None:
     """compute="float16" rounds every node to float16 as torch does. Without explicit rounding,
@@ -200,6 +199,7 @@ def test_fixes_are_scoped_to_one_export(tmp_path: Path) -> None:
     assert "Where" not in ops
 
 
+@pytest.mark.parity  # trained weights differ with torch's kernels: run again under its baseline ones
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_the_same_model_exported_twice_gives_the_same_bytes(tmp_path: Path, exporter: str) -> None:
     """No timings, devices or source paths in the file: the artifact does not depend on the machine."""
@@ -225,6 +225,7 @@ def test_fixes_markdown_is_current() -> None:
 TRAINED = ["sigmoid", "elu", "celu", "hardsigmoid", "softplus", "log_sigmoid", "mish", "hardswish"]
 
 
+@pytest.mark.parity  # trained weights differ with torch's kernels: run again under its baseline ones
 @pytest.mark.parametrize("activation", TRAINED)
 def test_trained_mlp_parity(tmp_path: Path, activation: str) -> None:
     """The trained MLPs of `zoo run` that exposed inexact float32 kernels, in float32 graphs."""
@@ -243,6 +244,7 @@ def compute_of(path: Path) -> str:
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}["zoo.compute"]
 
 
+@pytest.mark.parity  # trained, and torch eager judged
 def test_log_softmax_mlp_passes_in_float32(tmp_path: Path) -> None:
     """`zoo run`'s mlp-log_softmax: its output layer sums terms of about 50 that cancel to about 0.3.
     Any float32 evaluation is far from exact there in relative terms; the bound grows with the terms,
@@ -301,6 +303,7 @@ def test_float64_graph_rounds_once(tmp_path: Path, activation: str) -> None:
     assert weights and all(t.data_type == onnx.TensorProto.DOUBLE for t in weights)
 
 
+@pytest.mark.parity  # trained
 def test_float32_only_kernels_run_between_casts(tmp_path: Path) -> None:
     """onnxruntime has no float64 Erf kernel: those nodes stay float32 inside the float64 graph."""
     model = trained_mlp("gelu")

@@ -408,6 +408,7 @@ def test_honest_onnxruntime_without_optimisations_passes(name: str, exports: Exp
     assert all(v.ok for v in verdicts), [v.describe() for v in verdicts]
 
 
+@pytest.mark.parity  # torch eager judged: run again under torch's baseline kernels
 @pytest.mark.parametrize("name", ["relu_mlp", "tanh_mlp2", "sigmoid", "softplus", "log_sigmoid"])
 def test_honest_torch_eager_passes(name: str, exports: Exports) -> None:
     """torch eager in float32 is a correct evaluation where its kernels are right: the same rule passes it."""
