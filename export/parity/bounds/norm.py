@@ -86,16 +86,21 @@ def _rows(func: Any, args: tuple) -> tuple[torch.Tensor, torch.Tensor | None, to
     return x.reshape(rows), per_element(weight), per_element(bias), float(eps)
 
 
+def _moments(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """Each row's mean, deviations from it, variance and 1 / sqrt(variance + eps), in float64."""
+    mean = x.mean(1, keepdim=True)
+    d = x - mean
+    var = (d * d).mean(1, keepdim=True)
+    return mean, d, var, (var + eps).rsqrt()
+
+
 def _normalised(mode: BoundMode, x: torch.Tensor, given: Bounded, w: torch.Tensor | None,
                 b: torch.Tensor | None, eps: float, y: torch.Tensor) -> Bounded:
     """Both tiers of y = (x - mean) / sqrt(var + eps) * w + b over each row of ``x`` (rows, n)."""
     n, unit, tiny = x.shape[1], mode.unit, mode.tiny
     with mode.pause():
         e = given.error.reshape(x.shape)
-        mean = x.mean(1, keepdim=True)
-        d = x - mean
-        var = (d * d).mean(1, keepdim=True)
-        r = (var + eps).rsqrt()
+        mean, d, var, r = _moments(x, eps)
         z = d * r
         scale = torch.ones_like(x) if w is None else w.abs().expand_as(x)
         # tier 1: the statistics, then 1 / sqrt(var + eps), then the elementwise steps
@@ -229,10 +234,7 @@ class _Drawing(TorchDispatchMode):
             return out
         self.calls += 1
         x, w, _, eps = _rows(func, args)
-        mean = x.mean(1, keepdim=True)
-        d = x - mean
-        var = (d * d).mean(1, keepdim=True)
-        r = (var + eps).rsqrt()
+        mean, d, var, r = _moments(x, eps)
         mean_var, var_var = _statistics_rounding(self.way.unit, x, mean, d, var, eps)
         generator = torch.Generator().manual_seed(SAMPLES * self.calls + self.way.draw)
         signs = torch.randint(0, 2, (len(x), 2), generator=generator, dtype=x.dtype) * 2 - 1
