@@ -21,9 +21,10 @@ import zoo
 from zoo.options import train_from_options
 
 
-def train_json(tmp_path: Path, name: str, *launcher: str, device: str = "cpu", model: str = "linear_regression") -> dict:
+def train_json(tmp_path: Path, name: str, *launcher: str, device: str = "cpu", model: str = "linear_regression",
+               options: tuple[str, ...] = ()) -> dict:
     result = subprocess.run(
-        [sys.executable, *launcher, "-m", "zoo", "train", model, "--json", "--device", device,
+        [sys.executable, *launcher, "-m", "zoo", "train", model, *options, "--json", "--device", device,
          "-o", str(tmp_path / name)],
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -158,3 +159,53 @@ def test_an_unreachable_rendezvous_is_one_line_within_the_timeout(tmp_path: Path
     assert_one_line_error(result, "rank 1 of 2 could not reach the rendezvous", f"127.0.0.1:{port}", "within 2 s",
                           "ZOO_DIST_TIMEOUT")
     assert not (tmp_path / "out").exists()
+
+
+# A throwaway plugin whose import registers an exit handler: it runs only if the interpreter finalizes.
+FINALIZING_PARTS = """
+import atexit, os
+import torch
+from torch import nn
+
+
+def _mark():
+    with open(os.environ["ZOO_TEST_FINALIZED"], "a") as marks:
+        marks.write(os.environ.get("RANK", "alone") + "\\n")
+
+
+atexit.register(_mark)
+
+
+class Marking(nn.Module):
+    '''ReLU, from a module that notes when its process finalizes.'''
+
+    def forward(self, x):
+        return torch.relu(x)
+"""
+
+
+MARKING = ("--activation", "marking", "--hidden", "4")
+
+
+@pytest.fixture
+def finalizing_parts(third_party, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The marking activation, and the file its processes note their finalization in."""
+    third_party("zoo-finalizing", {"zoo.activations": {"marking": "finalizing_parts:Marking"}},
+                {"finalizing_parts.py": FINALIZING_PARTS})
+    marks = tmp_path / "finalized.txt"
+    monkeypatch.setenv("ZOO_TEST_FINALIZED", str(marks))
+    return marks
+
+
+def test_ranks_end_without_the_finalization_where_gloo_workers_abort(finalizing_parts: Path, tmp_path: Path) -> None:
+    """torch 2.13's DDP leaves gloo workers that may free a backward's all-reduce, needing the GIL, as the
+    interpreter finalizes (SIGABRT); each rank flushes and ends before that (zoo.distributed.leave)."""
+    two = train_json(tmp_path, "two.pt", *TWO_GLOO_RANKS, model="mlp", options=MARKING)
+    assert (two["world_size"], two["model"]["name"]) == (2, "mlp")  # rank 0's whole report came through the pipe
+    assert not finalizing_parts.exists(), finalizing_parts.read_text()
+
+
+def test_one_process_still_finalizes(finalizing_parts: Path, tmp_path: Path) -> None:
+    one = train_json(tmp_path, "one.pt", model="mlp", options=MARKING)
+    assert one["world_size"] == 1
+    assert finalizing_parts.read_text() == "alone\n"

@@ -364,4 +364,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("zoo: interrupted", err=True)
         code = 130
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    distributed = sys.modules.get("zoo.distributed")  # imported only by commands that train
+    if distributed is not None and distributed.joined():
+        distributed.leave(code)  # a torchrun rank: see zoo.distributed on why it skips finalization
+    sys.exit(code)

@@ -15,6 +15,15 @@ is the order of summation (float rounding).
 Collective failures (a rank that died, an unreachable rendezvous, a launcher's SIGTERM after
 another rank failed) become one DistributedError line. `ZOO_DIST_TIMEOUT` (seconds, default 120)
 bounds the rendezvous and every collective.
+
+A torch 2.13 bug makes a rank's normal end unsafe: DistributedDataParallel keeps its gloo process
+group (and the group's worker threads) alive after destroy_process_group, and a worker that frees
+the state of a gradient all-reduce issued inside backward needs the GIL for a saved Python object.
+When that happens while the interpreter finalizes, the process aborts ("terminate called without
+an active exception", SIGABRT): 5 in 349 two-rank `zoo train` runs on a loaded 2-core machine.
+`zoo train` ranks therefore end through `leave`: flush, then os._exit, with no finalization to
+race (pytorch#179291 tried to fix it inside torch and was abandoned). A script of your own that
+calls `zoo.train` under torchrun can end the same way.
 """
 
 from __future__ import annotations
@@ -22,22 +31,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import logging
 import os
 import re
 import signal
+import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
 
 from zoo.errors import BadArgumentsError, DistributedError
 
-__all__ = ["Group", "is_main", "join", "launched", "timeout"]
+__all__ = ["Group", "is_main", "join", "joined", "launched", "leave", "timeout"]
 
 TIMEOUT_VARIABLE = "ZOO_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 120.0
 GLOO_ERROR = "/gloo/"  # gloo's failures are plain RuntimeErrors that name its source file: [.../gloo/transport/...]
+_joined = False  # whether this process has ever joined a process group (see `leave`)
 
 
 def launched() -> bool:
@@ -154,7 +166,22 @@ def join(device: torch.device) -> Iterator[Group]:
             dist.destroy_process_group()
 
 
+def joined() -> bool:
+    """Whether this process has joined a process group, so that its worker threads may outlive it."""
+    return _joined
+
+
+def leave(code: int) -> NoReturn:
+    """End this process with `code` after flushing, skipping the interpreter's finalization (module doc)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe has nothing left to flush
+            stream.flush()
+    os._exit(code)
+
+
 def _init(device: torch.device) -> None:
+    global _joined
     backend = "nccl" if device.type == "cuda" else "gloo"
     seconds = timeout()
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
@@ -169,6 +196,7 @@ def _init(device: torch.device) -> None:
             f"{rank} could not reach the rendezvous at {where} within {seconds:g} s ({TIMEOUT_VARIABLE}): "
             f"{_first_line(exc)}"
         ) from exc
+    _joined = True
 
 
 @contextlib.contextmanager
